@@ -1,0 +1,189 @@
+"""What anydistill ships, by name: methods, data modules and models, and the recipe loader that
+checks a recipe against their signatures.
+
+Built-in entries are listed here as import paths, so every name is registered whatever was
+imported before; users add their own with ``METHODS.register("name")`` or name an import path.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from anydistill.core.errors import AnydistillError, RecipeError
+from anydistill.core.recipe import (
+    CacheSpec,
+    OptimizerSpec,
+    RecipeFile,
+    TrainerSpec,
+    parse_recipe_file,
+    read_yaml,
+    validate_kwargs,
+)
+from anydistill.core.registry import Registry
+from anydistill.core.taps import find_module
+
+METHODS = Registry(
+    "method",
+    {
+        "teacher": "anydistill.classifier.supervised:TrainTeacher",
+        "scratch": "anydistill.classifier.supervised:Scratch",
+        "kd": "anydistill.classifier.kd:KD",
+        "fitnets": "anydistill.classifier.fitnets:FitNets",
+        "attention-transfer": "anydistill.classifier.attention_transfer:AttentionTransfer",
+        "dkd": "anydistill.classifier.dkd:DKD",
+    },
+)
+DATA = Registry("data module", {"digits": "anydistill.zoo.digits:DigitsData", "mnist": "anydistill.zoo.mnist:MNISTData"})
+MODELS = Registry(
+    "model",
+    {
+        "mlp": "anydistill.zoo.models:mlp",
+        "small-cnn": "anydistill.zoo.models:small_cnn",
+        "ccexam-mnistnet": "anydistill.zoo.teachers:ccexam_mnistnet",
+    },
+)
+
+METHOD_INJECTED = frozenset({"student", "teacher", "optimizer"})
+MODEL_INJECTED = frozenset({"input_shape", "num_classes"})
+
+
+@dataclass
+class Component:
+    """A validated recipe section: the registry ``name``, what it resolves to, and its kwargs."""
+
+    name: str
+    target: Any
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Recipe:
+    """A fully validated recipe; ``resolved`` is the dict saved as the run's config.yaml."""
+
+    source: str
+    name: str
+    seed: int
+    data: Component
+    student: Component
+    teacher: Component | None
+    teacher_checkpoint: str | None
+    trainer: TrainerSpec
+    optimizer: OptimizerSpec
+    cache: CacheSpec
+    methods: dict[str, Component]
+    resolved: dict[str, Any]
+
+
+def shipped_recipes() -> dict[str, Path]:
+    """Recipes shipped with the package, by name relative to the recipes folder (no suffix)."""
+    root = Path(str(importlib.resources.files("anydistill") / "recipes"))
+    return {str(p.relative_to(root).with_suffix("")): p for p in sorted(root.rglob("*.yaml"))}
+
+
+def resolve_recipe_path(path_or_name: str) -> Path:
+    """A recipe file path, or the name of a shipped recipe (``mnist/demo``)."""
+    path = Path(path_or_name)
+    if path.exists() or path.suffix in (".yaml", ".yml"):
+        return path
+    return shipped_recipes().get(path_or_name, path)
+
+
+def _component(section: dict[str, Any], registry: Registry, where: str, problems: list[str], injected: frozenset[str]) -> Component | None:
+    kwargs = dict(section)
+    name = kwargs.pop("name", None)
+    if not isinstance(name, str):
+        problems.append(f"{where}.name: every {registry.kind} section needs 'name', one of: {', '.join(registry.names())}.")
+        return None
+    try:
+        target = registry.get(name)
+    except LookupError as error:
+        problems.append(f"{where}.name: {error}")
+        return None
+    values, found = validate_kwargs(target, kwargs, owner=f"{registry.kind} '{name}'", where=where, injected=injected)
+    problems.extend(found)
+    return Component(name, target, values) if not found else None
+
+
+def _check_taps(label: str, method_cls: Any, kwargs: dict[str, Any], teacher: Any, student: Any, problems: list[str]) -> None:
+    """Build the method (constructors only store hyperparameters) and check its module paths."""
+    try:
+        method = method_cls(student=student, teacher=None, **kwargs)
+    except (ValueError, TypeError) as error:
+        problems.append(f"methods.{label}: {error}")
+        return
+    for role, model, paths in (("teacher", teacher, method.teacher_taps()), ("student", student, method.student_taps())):
+        for path in paths:
+            if model is None:
+                continue
+            try:
+                find_module(model, path)
+            except LookupError as error:
+                problems.append(f"methods.{label}: {role} layer: {error}")
+
+
+def load_recipe(path_or_name: str, overrides: list[str] = ()) -> Recipe:
+    """Read, override and validate a recipe; every problem is reported at once.
+
+    Raises:
+        RecipeError: one line per problem (bad YAML, unknown key or name, wrong type or range,
+            missing teacher, cache used with augmentation, module paths that do not exist...).
+    """
+    path = resolve_recipe_path(path_or_name)
+    source = str(path)
+    parsed: RecipeFile = parse_recipe_file(read_yaml(path), source, list(overrides))
+    problems: list[str] = []
+    data = _component(parsed.data, DATA, "data", problems, frozenset())
+    student = _component(parsed.student, MODELS, "student", problems, MODEL_INJECTED)
+    teacher_section = dict(parsed.teacher or {})
+    checkpoint = teacher_section.pop("checkpoint", None)
+    teacher = _component(teacher_section, MODELS, "teacher", problems, MODEL_INJECTED) if parsed.teacher else None
+    if checkpoint is not None and not Path(str(checkpoint)).is_file():
+        problems.append(f"teacher.checkpoint: no such file '{checkpoint}'. Point it at a student.safetensors written by a 'teacher' run.")
+    methods: dict[str, Component] = {}
+    if not parsed.methods:
+        problems.append("methods: a recipe needs at least one method, e.g. `methods: {scratch: {}, kd: {}}`.")
+    for label, section in parsed.methods.items():
+        section = dict(section or {})
+        section.setdefault("name", label)
+        component = _component(section, METHODS, f"methods.{label}", problems, METHOD_INJECTED)
+        if component is not None:
+            methods[label] = component
+    trains_teacher = any(c.target.trains == "teacher" for c in methods.values())
+    for label, component in methods.items():
+        if component.target.needs_teacher and teacher is None:
+            problems.append(f"methods.{label}: method '{component.name}' distills from a teacher; add a `teacher:` section.")
+    if trains_teacher and (teacher is None or checkpoint):
+        problems.append("methods: the 'teacher' method trains the recipe's teacher architecture: give `teacher: {name: ...}` without a checkpoint.")
+    if parsed.cache.enabled and data is not None and data.kwargs.get("augment"):
+        problems.append(
+            "cache.enabled: a teacher signal cache is invalid with data.augment: true (the inputs change every epoch, "
+            "so stored teacher outputs would not match them). Set cache.enabled: false to run the teacher online, or data.augment: false."
+        )
+    if not problems and data is not None and student is not None:
+        try:
+            student_model, teacher_model = build_models(data, student, teacher)
+        except (AnydistillError, ValueError) as error:
+            problems.append(f"models: {error}")
+        else:
+            for label, component in methods.items():
+                _check_taps(label, component.target, component.kwargs, teacher_model, student_model, problems)
+    if problems:
+        raise RecipeError([f"{source}: {p}" for p in problems])
+    resolved = parsed.model_dump(mode="json")
+    resolved["data"] = {"name": data.name, **data.kwargs}
+    resolved["student"] = {"name": student.name, **student.kwargs}
+    if teacher is not None:
+        resolved["teacher"] = {"name": teacher.name, **teacher.kwargs, **({"checkpoint": checkpoint} if checkpoint else {})}
+    resolved["methods"] = {label: {"name": c.name, **c.kwargs} for label, c in methods.items()}
+    return Recipe(source, parsed.name, parsed.seed, data, student, teacher, checkpoint, parsed.trainer, parsed.optimizer, parsed.cache, methods, resolved)
+
+
+def build_models(data: Component, student: Component, teacher: Component | None) -> tuple[Any, Any]:
+    """Instantiate the student and (untrained or pretrained) teacher models for the data's shapes."""
+    shapes = {"input_shape": data.target.input_shape, "num_classes": data.target.num_classes}
+    student_model = student.target(**shapes, **student.kwargs)
+    teacher_model = teacher.target(**shapes, **teacher.kwargs) if teacher else None
+    return student_model, teacher_model

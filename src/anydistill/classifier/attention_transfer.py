@@ -1,0 +1,82 @@
+"""Attention transfer (Zagoruyko & Komodakis, ICLR 2017)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from anydistill.classifier.common import classifier_validation_step, teacher_signal
+from anydistill.classifier.losses import attention_transfer_loss
+from anydistill.core.method import DistillationMethod
+from anydistill.core.recipe import Fraction, NonNegativeFloat, OptimizerSpec, PositiveFloat
+from anydistill.core.taps import capture_features
+from anydistill.core.teacher import Teacher
+from anydistill.losses import kd_kl
+
+
+class AttentionTransfer(DistillationMethod):
+    """Make the student's spatial attention maps match the teacher's at paired layers:
+
+        L = CE(z_s, y) + beta / 2 * sum_j || Q_s^j / ||Q_s^j|| - Q_t^j / ||Q_t^j|| ||^2,
+        Q = mean_c |F_c|^p  (flattened per example),
+
+    with the squared difference averaged over positions and batch, as in the official code
+    (beta = 1000 there). ``alpha > 0`` adds Hinton KD on top (the paper's AT+KD rows).
+
+    Args:
+        teacher_layers, student_layers: paired module paths (same length); feature maps [B, C, H, W].
+        beta: weight of the attention term (the loss adds beta / 2 times the sum over pairs).
+        p: exponent of the attention map.
+        alpha, temperature: weight of an optional KD term (0 disables it) and its temperature.
+    """
+
+    family = "classifier"
+    paper = "Zagoruyko & Komodakis 2017, Paying More Attention to Attention (arXiv:1612.03928)"
+
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: Teacher | None = None,
+        optimizer: OptimizerSpec | None = None,
+        *,
+        teacher_layers: list[str] = ["features.2", "features.5"],  # noqa: B006
+        student_layers: list[str] = ["features.2", "features.5"],  # noqa: B006
+        beta: NonNegativeFloat = 1000.0,
+        p: PositiveFloat = 2.0,
+        alpha: Fraction = 0.0,
+        temperature: PositiveFloat = 4.0,
+    ):
+        super().__init__(student, teacher, optimizer)
+        if len(teacher_layers) != len(student_layers):
+            raise ValueError(
+                f"attention-transfer pairs layers one to one: teacher_layers has {len(teacher_layers)} "
+                f"entries but student_layers has {len(student_layers)}."
+            )
+        self.teacher_layers, self.student_layers = list(teacher_layers), list(student_layers)
+        self.beta, self.p, self.alpha, self.temperature = beta, p, alpha, temperature
+
+    def teacher_taps(self) -> list[str]:
+        return self.teacher_layers
+
+    def student_taps(self) -> list[str]:
+        return self.student_layers
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        signal = teacher_signal(self, batch, taps=self.teacher_layers)
+        with capture_features(self.student, self.student_layers) as student_features:
+            student_logits = self.student(batch["x"])
+        at = sum(
+            attention_transfer_loss(student_features[s], signal.features[t], p=self.p)
+            for s, t in zip(self.student_layers, self.teacher_layers)
+        )
+        loss = F.cross_entropy(student_logits.float(), batch["y"]) + self.beta / 2 * at
+        if self.alpha > 0:
+            soft = kd_kl(student_logits, signal.logits, temperature=self.temperature)
+            loss = (1 - self.alpha) * loss + self.alpha * soft
+        size = batch["y"].shape[0]
+        self.log("train/at", at, on_step=False, on_epoch=True, batch_size=size)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=size)
+        return loss
+
+    validation_step = classifier_validation_step

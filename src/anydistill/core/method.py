@@ -1,0 +1,86 @@
+"""`DistillationMethod`: the small base every method subclasses (a `LightningModule`)."""
+
+from __future__ import annotations
+
+import random
+from typing import Any, ClassVar
+
+import lightning as L
+import numpy as np
+import torch
+from torch import nn
+
+from anydistill.core.errors import TrainingError
+from anydistill.core.optim import build_optimizer
+from anydistill.core.recipe import OptimizerSpec
+from anydistill.core.teacher import Teacher
+
+
+class DistillationMethod(L.LightningModule):
+    """Holds the student (plus any auxiliary trainable nets) and references the frozen teacher.
+
+    Subclasses implement ``training_step`` (and usually ``validation_step``); their ``__init__``
+    takes ``student``, ``teacher`` and ``optimizer`` first, then typed keyword-only
+    hyperparameters, which are exactly the keys a recipe may set for the method.
+
+    Class attributes describe the method for ``anydistill methods``:
+        family: "classifier" | "lm" | "diffusion" | "dataset".
+        paper: short citation of the paper the method implements.
+        data: the data source it trains on ("real", "teacher-generated", "on-policy", "data-free").
+        needs_teacher: whether a recipe must name a teacher.
+        trains: "student", or "teacher" for the method that trains a teacher from labels.
+    """
+
+    family: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    data: ClassVar[str] = "real"
+    needs_teacher: ClassVar[bool] = True
+    trains: ClassVar[str] = "student"
+
+    def __init__(self, student: nn.Module, teacher: Teacher | None = None, optimizer: OptimizerSpec | None = None):
+        super().__init__()
+        self.student = student
+        self.teacher = teacher  # a plain object, not a submodule: never saved, never optimized
+        self.optimizer_spec = optimizer or OptimizerSpec()
+
+    def teacher_taps(self) -> list[str]:
+        """Module paths of the teacher whose outputs the method reads (validated against the model)."""
+        return []
+
+    def student_taps(self) -> list[str]:
+        """Module paths of the student whose outputs the method reads."""
+        return []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The student's forward pass."""
+        return self.student(x)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        return build_optimizer(self.optimizer_spec, self.parameters(), self.trainer.estimated_stepping_batches)
+
+    def on_fit_start(self) -> None:
+        if self.teacher is not None:
+            self.teacher.to(self.device)
+
+    def on_before_backward(self, loss: torch.Tensor) -> None:
+        # Stop before a non-finite loss reaches the weights: the last checkpoint stays the good one.
+        if not torch.isfinite(loss):
+            raise TrainingError(
+                f"The training loss became {loss.item()} at step {self.global_step} (epoch {self.current_epoch}); "
+                f"lower optimizer.lr (now {self.optimizer_spec.lr}) or set trainer.gradient_clip_val, then resume."
+            )
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Lightning does not save RNG states; with them a resumed run continues bit-exactly.
+        checkpoint["anydistill_rng"] = {
+            "torch": torch.get_rng_state(),
+            "numpy": np.random.get_state(),
+            "python": random.getstate(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("anydistill_rng")
+        if state:
+            torch.set_rng_state(state["torch"])
+            np.random.set_state(state["numpy"])
+            random.setstate(state["python"])

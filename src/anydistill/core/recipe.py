@@ -1,0 +1,224 @@
+"""Recipes: YAML files whose keys are the typed constructor parameters of the components they name.
+
+Loading is two passes, both collecting every problem before raising one `RecipeError`:
+1. the file itself: YAML syntax, `--set` overrides, the top-level sections (`parse_recipe_file`);
+2. each named component against the signature of what the registry returns (`validate_kwargs`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import re
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Callable, Literal
+
+import pydantic
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from anydistill.core.errors import RecipeError
+
+# Constrained types for method signatures: a recipe value outside the range is a validation error.
+PositiveFloat = Annotated[float, Field(gt=0)]
+NonNegativeFloat = Annotated[float, Field(ge=0)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
+PositiveInt = Annotated[int, Field(ge=1)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+
+# PyYAML follows YAML 1.1, where `1e-3` is a string; users write learning rates that way.
+_FLOAT = re.compile(r"^[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?$|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$")
+
+
+class RecipeLoader(yaml.SafeLoader):
+    """SafeLoader that also reads `1e-3` as a float."""
+
+
+RecipeLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class TrainerSpec(_Section):
+    """Lightning `Trainer` settings a recipe may set (all others keep Lightning's defaults)."""
+
+    max_epochs: int = Field(default=5, ge=1)
+    max_steps: int = Field(default=-1, ge=-1)
+    devices: int = Field(default=1, ge=1)
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "cpu"
+    strategy: Literal["auto", "ddp", "ddp_spawn", "fsdp", "deepspeed"] = "auto"
+    num_nodes: int = Field(default=1, ge=1)
+    precision: Literal["32-true", "16-mixed", "bf16-mixed", "bf16-true"] = "32-true"
+    accumulate_grad_batches: int = Field(default=1, ge=1)
+    gradient_clip_val: float | None = Field(default=None, gt=0)
+    limit_train_batches: int | float | None = None
+    log_every_n_steps: int = Field(default=50, ge=1)
+    deterministic: bool = False
+    progress_bar: bool = True
+
+
+class OptimizerSpec(_Section):
+    """The student's optimizer and learning-rate schedule (shared by every method of a recipe)."""
+
+    name: Literal["sgd", "adam", "adamw"] = "adam"
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    schedule: Literal["constant", "cosine", "step"] = "cosine"
+    step_milestones: list[float] = Field(default_factory=lambda: [0.5, 0.75])
+    step_gamma: float = Field(default=0.1, gt=0)
+
+
+class CacheSpec(_Section):
+    """Teacher signal cache: teacher outputs computed once, stored on disk, reused across runs."""
+
+    enabled: bool = False
+    dir: str = ".anydistill-cache"
+    features: list[str] = Field(default_factory=list)
+
+
+class RecipeFile(_Section):
+    """The top level of a recipe. Component sections hold a registry `name` plus its parameters."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    seed: int = 0
+    data: dict[str, Any]
+    student: dict[str, Any]
+    teacher: dict[str, Any] | None = None
+    trainer: TrainerSpec = Field(default_factory=TrainerSpec)
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
+    cache: CacheSpec = Field(default_factory=CacheSpec)
+    methods: dict[str, dict[str, Any] | None]
+
+
+def _render(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _pydantic_problems(error: pydantic.ValidationError, owner: str, where: str, fields: list[str]) -> list[str]:
+    """One line per pydantic error, in the convention's shape."""
+    problems = []
+    for item in error.errors():
+        loc = ".".join(str(part) for part in item["loc"])
+        key = str(item["loc"][0]) if item["loc"] else ""
+        place = f"{where}.{loc}" if where else loc
+        if item["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(key, fields, n=1, cutoff=0.5)
+            hint = f"; did you mean '{close[0]}'?" if close else "."
+            problems.append(f"{place}: unknown key '{key}' for {owner}{hint} Known keys: {', '.join(fields) or 'none'}.")
+        elif item["type"] == "missing":
+            problems.append(f"{place}: the '{key}' parameter of {owner} is required.")
+        else:
+            must = item["msg"].replace("Input should be", "must be").replace("Input", "it")
+            problems.append(
+                f"{place}: the '{loc}' parameter of {owner} {must[0].lower() + must[1:]}. Got {_render(item.get('input'))}."
+            )
+    return problems
+
+
+def parameters_of(fn: Callable[..., Any], injected: frozenset[str]) -> dict[str, tuple[Any, Any]]:
+    """The user-settable parameters of ``fn``: name -> (annotation, default or ...)."""
+    target = fn.__init__ if inspect.isclass(fn) else fn
+    hints = typing.get_type_hints(target, include_extras=True)
+    fields: dict[str, tuple[Any, Any]] = {}
+    for name, param in inspect.signature(fn).parameters.items():
+        if name in injected or name == "self" or param.kind in (param.VAR_KEYWORD, param.VAR_POSITIONAL):
+            continue
+        default = ... if param.default is inspect.Parameter.empty else param.default
+        fields[name] = (hints.get(name, Any), default)
+    return fields
+
+
+def validate_kwargs(
+    fn: Callable[..., Any], kwargs: dict[str, Any], *, owner: str, where: str, injected: frozenset[str] = frozenset()
+) -> tuple[dict[str, Any], list[str]]:
+    """Check ``kwargs`` against the typed signature of ``fn``.
+
+    Args:
+        fn: a class (its ``__init__``) or function whose annotated parameters are the schema.
+        kwargs: the recipe's values.
+        owner: how errors name the component, e.g. "method 'kd'".
+        where: dotted location in the recipe, e.g. "methods.kd".
+        injected: parameters the engine passes itself (``student``, ``teacher``...): not settable.
+
+    Returns:
+        (validated kwargs with defaults filled, problems); problems is empty when valid.
+    """
+    fields = parameters_of(fn, injected)
+    model = pydantic.create_model(  # type: ignore[call-overload]
+        f"Params_{owner}", __config__=ConfigDict(extra="forbid", strict=True, arbitrary_types_allowed=True), **fields
+    )
+    try:
+        validated = model.model_validate(kwargs)
+    except pydantic.ValidationError as error:
+        return {}, _pydantic_problems(error, owner, where, list(fields))
+    return {name: getattr(validated, name) for name in fields}, []
+
+
+def _apply_override(raw: dict[str, Any], assignment: str) -> str | None:
+    """Apply one ``key.sub=value`` override in place; return a problem line or None."""
+    key, sep, text = assignment.partition("=")
+    if not sep or not key:
+        return f"--set {assignment}: expected key=value, e.g. --set methods.kd.temperature=2.0."
+    try:
+        value = yaml.load(text, Loader=RecipeLoader) if text else None
+    except yaml.YAMLError:
+        value = text
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            return f"--set {assignment}: '{part}' is a value, not a section, so '{key}' cannot be set."
+        node = child
+    node[parts[-1]] = value
+    return None
+
+
+def read_yaml(path: Path) -> Any:
+    """Parse a YAML file; syntax errors become a one-line `RecipeError` with the position."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise RecipeError([f"{path}: no such recipe file. Check the path, or run `anydistill recipes` to list shipped ones."]) from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as error:
+        raise RecipeError([f"{path}: cannot read it as a text file ({error.__class__.__name__})."]) from None
+    try:
+        return yaml.load(text, Loader=RecipeLoader)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise RecipeError([f"{path}: YAML syntax error{at}: {problem}. Fix the file and run it again."]) from None
+
+
+def parse_recipe_file(raw: Any, source: str, overrides: list[str] = ()) -> RecipeFile:
+    """Validate the top-level structure of a recipe (after applying ``--set`` overrides)."""
+    if not isinstance(raw, dict):
+        raise RecipeError([f"{source}: a recipe must be a YAML mapping with keys name, data, student, methods, ..."])
+    problems = [p for p in (_apply_override(raw, a) for a in overrides) if p]
+    try:
+        parsed = RecipeFile.model_validate(raw)
+    except pydantic.ValidationError as error:
+        parsed = None
+        for item in error.errors():
+            section = str(item["loc"][0]) if item["loc"] else ""
+            sub = {"trainer": TrainerSpec, "optimizer": OptimizerSpec, "cache": CacheSpec}.get(section)
+            fields = list((sub or RecipeFile).model_fields)
+            owner = f"the '{section}' section" if sub else "a recipe"
+            single = pydantic.ValidationError.from_exception_data(error.title, [item])  # type: ignore[list-item]
+            if sub and len(item["loc"]) > 1:
+                item_loc = item["loc"][1:]
+                single = pydantic.ValidationError.from_exception_data(error.title, [{**item, "loc": item_loc}])  # type: ignore[list-item]
+                problems += _pydantic_problems(single, owner, section, fields)
+            else:
+                problems += _pydantic_problems(single, owner, "", fields)
+    if problems:
+        raise RecipeError([f"{source}: {p}" for p in problems])
+    return parsed  # type: ignore[return-value]

@@ -1,0 +1,65 @@
+"""The frozen teacher: eval mode, no gradients, never part of a student checkpoint."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from anydistill.core.taps import capture_features
+
+
+@dataclass
+class TeacherOutput:
+    """What one teacher forward gives: ``logits`` [B, ...] and tapped ``features`` by module path."""
+
+    logits: torch.Tensor
+    features: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class Teacher:
+    """A frozen model wrapper.
+
+    It is deliberately not an ``nn.Module``: assigning it to a `DistillationMethod` does not register
+    its parameters, so it never enters the student's ``state_dict``, optimizer or DDP wrapper.
+
+    Args:
+        model: the teacher network; it is put in eval mode and its parameters stop requiring grad.
+        name: how reports and the cache manifest name it.
+    """
+
+    def __init__(self, model: nn.Module, name: str = "teacher"):
+        self.model = model.eval().requires_grad_(False)
+        self.name = name
+        self._fingerprint: str | None = None
+
+    def to(self, device: torch.device | str) -> Teacher:
+        """Move the teacher to ``device`` (kept in eval mode)."""
+        self.model.to(device)
+        return self
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor, taps: Sequence[str] = ()) -> TeacherOutput:
+        """Forward ``x`` [B, ...] under ``no_grad``; ``taps`` are module paths whose outputs to keep."""
+        self.model.eval()  # a user may have flipped it; a teacher's dropout/BN must stay frozen
+        with capture_features(self.model, taps) as features:
+            logits = self.model(x)
+        return TeacherOutput(logits=logits, features=dict(features))
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the class name and every parameter and buffer (names, dtypes, shapes, bytes)."""
+        if self._fingerprint is None:
+            digest = hashlib.sha256(self.model.__class__.__qualname__.encode())
+            for name, tensor in self.model.state_dict().items():
+                t = tensor.detach().cpu().contiguous()
+                digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+                digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            self._fingerprint = digest.hexdigest()
+        return self._fingerprint
+
+    def num_parameters(self) -> int:
+        """Number of parameters of the wrapped model."""
+        return sum(p.numel() for p in self.model.parameters())

