@@ -67,7 +67,7 @@ class Recipe:
     name: str
     seed: int
     data: Component
-    student: Component
+    student: Component | None
     teacher: Component | None
     teacher_checkpoint: str | None
     trainer: TrainerSpec
@@ -136,7 +136,7 @@ def load_recipe(path_or_name: str, overrides: list[str] = ()) -> Recipe:
     parsed: RecipeFile = parse_recipe_file(read_yaml(path), source, list(overrides))
     problems: list[str] = []
     data = _component(parsed.data, DATA, "data", problems, frozenset())
-    student = _component(parsed.student, MODELS, "student", problems, MODEL_INJECTED)
+    student = _component(parsed.student, MODELS, "student", problems, MODEL_INJECTED) if parsed.student else None
     teacher_section = dict(parsed.teacher or {})
     checkpoint = teacher_section.pop("checkpoint", None)
     teacher = _component(teacher_section, MODELS, "teacher", problems, MODEL_INJECTED) if parsed.teacher else None
@@ -153,6 +153,8 @@ def load_recipe(path_or_name: str, overrides: list[str] = ()) -> Recipe:
             methods[label] = component
     trains_teacher = any(c.target.trains == "teacher" for c in methods.values())
     for label, component in methods.items():
+        if component.target.trains == "student" and parsed.student is None:
+            problems.append(f"methods.{label}: method '{component.name}' trains a student; add a `student:` section.")
         if component.target.needs_teacher and teacher is None:
             problems.append(f"methods.{label}: method '{component.name}' distills from a teacher; add a `teacher:` section.")
     if trains_teacher and (teacher is None or checkpoint):
@@ -162,7 +164,7 @@ def load_recipe(path_or_name: str, overrides: list[str] = ()) -> Recipe:
             "cache.enabled: a teacher signal cache is invalid with data.augment: true (the inputs change every epoch, "
             "so stored teacher outputs would not match them). Set cache.enabled: false to run the teacher online, or data.augment: false."
         )
-    if not problems and data is not None and student is not None:
+    if not problems and data is not None:
         try:
             student_model, teacher_model = build_models(data, student, teacher)
         except (AnydistillError, ValueError) as error:
@@ -174,16 +176,17 @@ def load_recipe(path_or_name: str, overrides: list[str] = ()) -> Recipe:
         raise RecipeError([f"{source}: {p}" for p in problems])
     resolved = parsed.model_dump(mode="json")
     resolved["data"] = {"name": data.name, **data.kwargs}
-    resolved["student"] = {"name": student.name, **student.kwargs}
+    if student is not None:
+        resolved["student"] = {"name": student.name, **student.kwargs}
     if teacher is not None:
         resolved["teacher"] = {"name": teacher.name, **teacher.kwargs, **({"checkpoint": checkpoint} if checkpoint else {})}
     resolved["methods"] = {label: {"name": c.name, **c.kwargs} for label, c in methods.items()}
     return Recipe(source, parsed.name, parsed.seed, data, student, teacher, checkpoint, parsed.trainer, parsed.optimizer, parsed.cache, methods, resolved)
 
 
-def build_models(data: Component, student: Component, teacher: Component | None) -> tuple[Any, Any]:
+def build_models(data: Component, student: Component | None, teacher: Component | None) -> tuple[Any, Any]:
     """Instantiate the student and (untrained or pretrained) teacher models for the data's shapes."""
     shapes = {"input_shape": data.target.input_shape, "num_classes": data.target.num_classes}
-    student_model = student.target(**shapes, **student.kwargs)
+    student_model = student.target(**shapes, **student.kwargs) if student else None
     teacher_model = teacher.target(**shapes, **teacher.kwargs) if teacher else None
     return student_model, teacher_model

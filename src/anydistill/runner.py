@@ -80,7 +80,7 @@ def build_teacher(recipe: Recipe, teacher_model: torch.nn.Module | None) -> Teac
 def make_trainer(recipe: Recipe, run_dir: RunDir, label: str) -> L.Trainer:
     """A Lightning Trainer writing CSV logs and epoch-end checkpoints under ``run_dir``."""
     spec = recipe.trainer
-    checkpoints = ModelCheckpoint(dirpath=run_dir.checkpoint_dir(label), filename="epoch{epoch}", save_last=True,
+    checkpoints = ModelCheckpoint(dirpath=run_dir.checkpoint_dir(label), filename="{epoch}", save_last=True,
                                   save_top_k=1, every_n_epochs=1, save_on_train_epoch_end=True)
     return L.Trainer(
         max_epochs=spec.max_epochs,
@@ -123,6 +123,7 @@ def run_recipe(recipe: Recipe, run_dir: RunDir, *, resume: bool = False) -> dict
     if main and not resume:
         run_dir.write_config(recipe.resolved)
         run_dir.write_json("run.json", run_info(recipe))
+    L.seed_everything(recipe.seed, verbose=False)  # a teacher built here (no checkpoint) is seeded too
     datamodule = recipe.data.target(**recipe.data.kwargs)
     datamodule.setup()
     x_test, y_test = datamodule.split("test")
@@ -172,7 +173,9 @@ def run_recipe(recipe: Recipe, run_dir: RunDir, *, resume: bool = False) -> dict
         if main:
             export_model(method.student, spec, run_dir.checkpoint_dir(label))
             role = "teacher" if trains_teacher else ("baseline" if not component.target.needs_teacher else "student")
-            metrics[label] = evaluate(method.student, method=component.name, role=role, train_time_s=round(train_time, 2))
+            metrics[label] = evaluate(
+                method.student, method=component.name, role=role, train_time_s=round(train_time, 2), world_size=trainer.world_size
+            )
             if trains_teacher:
                 metrics["teacher"] = metrics[label]
             run_dir.write_json("metrics.json", metrics)

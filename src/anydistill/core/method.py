@@ -72,9 +72,11 @@ class DistillationMethod(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Lightning does not save RNG states; with them a resumed run continues bit-exactly.
+        # Stored as tensors and ints only, so that `torch.load(weights_only=True)` accepts the file.
+        kind, keys, position, has_gauss, gauss = np.random.get_state()
         checkpoint["anydistill_rng"] = {
             "torch": torch.get_rng_state(),
-            "numpy": np.random.get_state(),
+            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss],
             "python": random.getstate(),
         }
 
@@ -82,5 +84,6 @@ class DistillationMethod(L.LightningModule):
         state = checkpoint.get("anydistill_rng")
         if state:
             torch.set_rng_state(state["torch"])
-            np.random.set_state(state["numpy"])
+            kind, keys, position, has_gauss, gauss = state["numpy"]
+            np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
             random.setstate(state["python"])

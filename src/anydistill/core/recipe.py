@@ -86,7 +86,7 @@ class RecipeFile(_Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     seed: int = 0
     data: dict[str, Any]
-    student: dict[str, Any]
+    student: dict[str, Any] | None = None
     teacher: dict[str, Any] | None = None
     trainer: TrainerSpec = Field(default_factory=TrainerSpec)
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
