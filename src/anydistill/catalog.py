@@ -133,33 +133,42 @@ def load_recipe(path_or_name: str, overrides: list[str] = ()) -> Recipe:
     """
     path = resolve_recipe_path(path_or_name)
     source = str(path)
-    parsed: RecipeFile = parse_recipe_file(read_yaml(path), source, list(overrides))
-    problems: list[str] = []
-    data = _component(parsed.data, DATA, "data", problems, frozenset())
-    student = _component(parsed.student, MODELS, "student", problems, MODEL_INJECTED) if parsed.student else None
-    teacher_section = dict(parsed.teacher or {})
+    raw = read_yaml(path)
+    parsed, problems = parse_recipe_file(raw, list(overrides))
+    # Components are checked from the raw sections even when the top level has problems, so that
+    # one run of `anydistill validate` lists everything there is to fix.
+    raw = raw if isinstance(raw, dict) else {}
+
+    def raw_section(key: str) -> dict[str, Any] | None:
+        return raw.get(key) if isinstance(raw.get(key), dict) else None
+
+    data = _component(raw_section("data"), DATA, "data", problems, frozenset()) if raw_section("data") else None
+    student = _component(raw_section("student"), MODELS, "student", problems, MODEL_INJECTED) if raw_section("student") else None
+    teacher_section = dict(raw_section("teacher") or {})
     checkpoint = teacher_section.pop("checkpoint", None)
-    teacher = _component(teacher_section, MODELS, "teacher", problems, MODEL_INJECTED) if parsed.teacher else None
+    teacher = _component(teacher_section, MODELS, "teacher", problems, MODEL_INJECTED) if teacher_section else None
     if checkpoint is not None and not Path(str(checkpoint)).is_file():
-        problems.append(f"teacher.checkpoint: no such file '{checkpoint}'. Point it at a student.safetensors written by a 'teacher' run.")
+        problems.append(f"teacher.checkpoint: no such file '{checkpoint}'. Point it at a model.safetensors written by a 'teacher' run.")
     methods: dict[str, Component] = {}
-    if not parsed.methods:
+    if not raw_section("methods"):
         problems.append("methods: a recipe needs at least one method, e.g. `methods: {scratch: {}, kd: {}}`.")
-    for label, section in parsed.methods.items():
-        section = dict(section or {})
-        section.setdefault("name", label)
-        component = _component(section, METHODS, f"methods.{label}", problems, METHOD_INJECTED)
+    for label, entry in (raw_section("methods") or {}).items():
+        if not isinstance(entry, dict | None):
+            problems.append(f"methods.{label}: expected a mapping of the method's parameters, got {entry!r}.")
+            continue
+        entry = {"name": label, **(entry or {})}
+        component = _component(entry, METHODS, f"methods.{label}", problems, METHOD_INJECTED)
         if component is not None:
             methods[label] = component
     trains_teacher = any(c.target.trains == "teacher" for c in methods.values())
     for label, component in methods.items():
-        if component.target.trains == "student" and parsed.student is None:
+        if component.target.trains == "student" and raw_section("student") is None:
             problems.append(f"methods.{label}: method '{component.name}' trains a student; add a `student:` section.")
         if component.target.needs_teacher and teacher is None:
             problems.append(f"methods.{label}: method '{component.name}' distills from a teacher; add a `teacher:` section.")
     if trains_teacher and (teacher is None or checkpoint):
         problems.append("methods: the 'teacher' method trains the recipe's teacher architecture: give `teacher: {name: ...}` without a checkpoint.")
-    if parsed.cache.enabled and data is not None and data.kwargs.get("augment"):
+    if parsed is not None and parsed.cache.enabled and data is not None and data.kwargs.get("augment"):
         problems.append(
             "cache.enabled: a teacher signal cache is invalid with data.augment: true (the inputs change every epoch, "
             "so stored teacher outputs would not match them). Set cache.enabled: false to run the teacher online, or data.augment: false."
@@ -172,7 +181,7 @@ def load_recipe(path_or_name: str, overrides: list[str] = ()) -> Recipe:
         else:
             for label, component in methods.items():
                 _check_taps(label, component.target, component.kwargs, teacher_model, student_model, problems)
-    if problems:
+    if problems or parsed is None:
         raise RecipeError([f"{source}: {p}" for p in problems])
     resolved = parsed.model_dump(mode="json")
     resolved["data"] = {"name": data.name, **data.kwargs}

@@ -184,7 +184,7 @@ def _component(student, teacher=None, *, temperature: PositiveFloat = 4.0, alpha
 _INJECTED = frozenset({"student", "teacher"})
 
 
-def test_validate_kwargs_fills_defaults_and_coerces_nothing_else():
+def test_validate_kwargs_fills_defaults_and_accepts_int_for_float():
     values, problems = validate_kwargs(_component, {"steps": 3, "temperature": 2}, owner="method 'x'", where="methods.x", injected=_INJECTED)
     assert problems == []
     assert values == {"temperature": 2.0, "alpha": 0.9, "steps": 3, "tags": []}

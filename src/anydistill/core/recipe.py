@@ -198,27 +198,26 @@ def read_yaml(path: Path) -> Any:
         raise RecipeError([f"{path}: YAML syntax error{at}: {problem}. Fix the file and run it again."]) from None
 
 
-def parse_recipe_file(raw: Any, source: str, overrides: list[str] = ()) -> RecipeFile:
-    """Validate the top-level structure of a recipe (after applying ``--set`` overrides)."""
+def parse_recipe_file(raw: Any, overrides: list[str] = ()) -> tuple[RecipeFile | None, list[str]]:
+    """Validate the top level of a recipe, after applying ``--set`` overrides to ``raw`` in place.
+
+    Returns:
+        (the parsed recipe, or None if it has problems; one line per problem).
+    """
     if not isinstance(raw, dict):
-        raise RecipeError([f"{source}: a recipe must be a YAML mapping with keys name, data, student, methods, ..."])
+        return None, ["a recipe must be a YAML mapping with keys name, data, student, teacher, methods, ..."]
     problems = [p for p in (_apply_override(raw, a) for a in overrides) if p]
     try:
         parsed = RecipeFile.model_validate(raw)
     except pydantic.ValidationError as error:
         parsed = None
+        sections = {"trainer": TrainerSpec, "optimizer": OptimizerSpec, "cache": CacheSpec}
         for item in error.errors():
             section = str(item["loc"][0]) if item["loc"] else ""
-            sub = {"trainer": TrainerSpec, "optimizer": OptimizerSpec, "cache": CacheSpec}.get(section)
-            fields = list((sub or RecipeFile).model_fields)
-            owner = f"the '{section}' section" if sub else "a recipe"
-            single = pydantic.ValidationError.from_exception_data(error.title, [item])  # type: ignore[list-item]
-            if sub and len(item["loc"]) > 1:
-                item_loc = item["loc"][1:]
-                single = pydantic.ValidationError.from_exception_data(error.title, [{**item, "loc": item_loc}])  # type: ignore[list-item]
-                problems += _pydantic_problems(single, owner, section, fields)
+            if section in sections and len(item["loc"]) > 1:
+                owner, where, fields, item = f"the '{section}' section", section, list(sections[section].model_fields), {**item, "loc": item["loc"][1:]}
             else:
-                problems += _pydantic_problems(single, owner, "", fields)
-    if problems:
-        raise RecipeError([f"{source}: {p}" for p in problems])
-    return parsed  # type: ignore[return-value]
+                owner, where, fields = "a recipe", "", list(RecipeFile.model_fields)
+            single = pydantic.ValidationError.from_exception_data(error.title, [item])  # type: ignore[list-item]
+            problems += _pydantic_problems(single, owner, where, fields)
+    return (None if problems else parsed), problems
