@@ -142,11 +142,11 @@ def load_recipe(path_or_name: str, overrides: list[str] = ()) -> Recipe:
     def raw_section(key: str) -> dict[str, Any] | None:
         return raw.get(key) if isinstance(raw.get(key), dict) else None
 
-    data = _component(raw_section("data"), DATA, "data", problems, frozenset()) if raw_section("data") else None
-    student = _component(raw_section("student"), MODELS, "student", problems, MODEL_INJECTED) if raw_section("student") else None
+    data = _component(raw_section("data"), DATA, "data", problems, frozenset()) if raw_section("data") is not None else None
+    student = _component(raw_section("student"), MODELS, "student", problems, MODEL_INJECTED) if raw_section("student") is not None else None
     teacher_section = dict(raw_section("teacher") or {})
     checkpoint = teacher_section.pop("checkpoint", None)
-    teacher = _component(teacher_section, MODELS, "teacher", problems, MODEL_INJECTED) if teacher_section else None
+    teacher = _component(teacher_section, MODELS, "teacher", problems, MODEL_INJECTED) if raw_section("teacher") is not None else None
     if checkpoint is not None and not Path(str(checkpoint)).is_file():
         problems.append(f"teacher.checkpoint: no such file '{checkpoint}'. Point it at a model.safetensors written by a 'teacher' run.")
     methods: dict[str, Component] = {}
@@ -176,8 +176,9 @@ def load_recipe(path_or_name: str, overrides: list[str] = ()) -> Recipe:
     if not problems and data is not None:
         try:
             student_model, teacher_model = build_models(data, student, teacher)
-        except (AnydistillError, ValueError) as error:
-            problems.append(f"models: {error}")
+        except Exception as error:  # any failure to build a model is a recipe problem, told in one line
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            problems.append(f"models: building the models failed: {first}")
         else:
             for label, component in methods.items():
                 _check_taps(label, component.target, component.kwargs, teacher_model, student_model, problems)

@@ -98,6 +98,7 @@ def make_trainer(recipe: Recipe, run_dir: RunDir, label: str) -> L.Trainer:
         enable_progress_bar=spec.progress_bar,
         enable_model_summary=False,
         num_sanity_val_steps=0,
+        use_distributed_sampler=False,  # data modules shard by rank themselves (EpochShuffleSampler)
         logger=CSVLogger(run_dir.path / "logs", name=label, version=""),
         callbacks=[checkpoints],
         default_root_dir=run_dir.path,

@@ -173,12 +173,6 @@ def test_corrupt_manifest_is_refused(tmp_path, teacher, inputs, text):
         _load(directory, teacher, inputs)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=KeyError,
-    reason="BUG: load_cache (core/cache.py) validates only the top-level manifest keys; a shard entry without "
-    "'sha256' (or 'file') escapes as a raw KeyError instead of a CacheError",
-)
 def test_manifest_with_a_damaged_shard_entry_is_refused(tmp_path, teacher, inputs):
     _, directory, _ = _build(tmp_path, teacher, inputs)
     manifest = json.loads((directory / "manifest.json").read_text())

@@ -121,13 +121,6 @@ def test_fingerprint_covers_buffers_and_architecture():
     assert Teacher(other).fingerprint() != Teacher(model.linear).fingerprint()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RuntimeError,
-    reason="BUG: Teacher.fingerprint() (core/teacher.py:59) and cache.tensor_fingerprint (core/cache.py:40) call "
-    "t.view(torch.uint8) on 0-dim tensors, which raises for element sizes > 1; BatchNorm's 0-dim int64 "
-    "'num_batches_tracked' buffer makes every BatchNorm teacher crash when the signal cache is enabled",
-)
 def test_fingerprint_of_a_batchnorm_teacher():
     torch.manual_seed(0)
     bn = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))
@@ -139,12 +132,6 @@ def test_fingerprint_of_a_batchnorm_teacher():
     assert Teacher(changed).fingerprint() != before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Teacher.fingerprint() memoises its first result (core/teacher.py, self._fingerprint), so a "
-    "weight changed in place afterwards (teacher.model.load_state_dict, an optimizer step) keeps the old "
-    "fingerprint and a stale signal cache would be reused",
-)
 def test_fingerprint_follows_an_in_place_weight_change():
     teacher = Teacher(_net())
     before = teacher.fingerprint()

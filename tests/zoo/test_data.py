@@ -49,12 +49,6 @@ def test_digits_split_sizes_and_shapes(digits):
     assert abs(float(x.mean())) < 0.05 and abs(float(x.std()) - 1) < 0.05
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (minor): DigitsData standardises with the constants 0.3041/0.3840 (zoo/digits.py:26), which its "
-    "docstring and transform call the training split's mean and std, but that split's pixels/16 have mean 0.3060 "
-    "and std 0.3763, so the standardised training inputs have std 0.980, not 1",
-)
 def test_digits_constants_are_the_training_statistics(digits):
     x = digits.split("train")[0] * 0.3840 + 0.3041  # back to pixels / 16
     assert abs(float(x.mean()) - 0.3041) < 1e-3

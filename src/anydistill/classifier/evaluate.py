@@ -36,6 +36,7 @@ def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) ->
 @torch.no_grad()
 def latency_ms(model: nn.Module, x: torch.Tensor, batch_size: int = 256, repeats: int = 15) -> float:
     """Median wall time (ms) of one eval forward on a batch of ``batch_size`` rows of ``x``."""
+    was_training = model.training
     model.eval()
     batch = x[:batch_size]
     for _ in range(3):  # warm-up: allocator and kernel selection
@@ -45,6 +46,7 @@ def latency_ms(model: nn.Module, x: torch.Tensor, batch_size: int = 256, repeats
         start = time.perf_counter()
         model(batch)
         times.append((time.perf_counter() - start) * 1000)
+    model.train(was_training)
     return statistics.median(times)
 
 

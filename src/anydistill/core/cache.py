@@ -37,7 +37,7 @@ def tensor_fingerprint(tensor: torch.Tensor, *extra: str) -> str:
     """SHA-256 of a tensor's dtype, shape and bytes, plus any ``extra`` strings (e.g. a transform)."""
     t = tensor.detach().cpu().contiguous()
     digest = hashlib.sha256(f"{t.dtype}:{tuple(t.shape)}:{'|'.join(extra)}".encode())
-    digest.update(t.view(torch.uint8).numpy().tobytes())
+    digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -128,7 +128,7 @@ def load_cache(
     fix = f"delete {directory} to rebuild it from the teacher"
     try:
         manifest = json.loads((directory / "manifest.json").read_text())
-        shards = manifest["shards"]
+        shards = [(s["file"], s["sha256"]) for s in manifest["shards"]]
         built_for = (manifest["teacher"]["fingerprint"], manifest["dataset"]["fingerprint"], manifest["dataset"]["transform"])
     except FileNotFoundError:
         raise CacheError(f"The signal cache {directory} has no manifest.json (incomplete or not a cache): {fix}.") from None
@@ -146,14 +146,14 @@ def load_cache(
     if missing:
         raise CacheError(f"The signal cache {directory} lacks {', '.join(missing)}: {fix} with the features listed.")
     parts: dict[str, list[torch.Tensor]] = {name: [] for name in wanted}
-    for shard in shards:
-        file = directory / shard["file"]
-        if not file.exists() or _file_sha256(file) != shard["sha256"]:
-            raise CacheError(f"Shard {shard['file']} of the signal cache {directory} is missing or corrupt (checksum mismatch): {fix}.")
+    for name, checksum in shards:
+        file = directory / str(name)
+        if not file.is_file() or _file_sha256(file) != checksum:
+            raise CacheError(f"Shard {name} of the signal cache {directory} is missing or corrupt (checksum mismatch): {fix}.")
         try:
             tensors = load_file(str(file))
         except (SafetensorError, OSError) as error:
-            raise CacheError(f"Shard {shard['file']} of the signal cache {directory} cannot be read ({error}): {fix}.") from None
+            raise CacheError(f"Shard {name} of the signal cache {directory} cannot be read ({error}): {fix}.") from None
         for name in wanted:
             parts[name].append(tensors[name])
     return {name: torch.cat(chunks) for name, chunks in parts.items()}

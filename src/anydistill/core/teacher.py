@@ -34,7 +34,6 @@ class Teacher:
     def __init__(self, model: nn.Module, name: str = "teacher"):
         self.model = model.eval().requires_grad_(False)
         self.name = name
-        self._fingerprint: str | None = None
 
     def to(self, device: torch.device | str) -> Teacher:
         """Move the teacher to ``device`` (kept in eval mode)."""
@@ -50,15 +49,17 @@ class Teacher:
         return TeacherOutput(logits=logits, features=dict(features))
 
     def fingerprint(self) -> str:
-        """SHA-256 of the class name and every parameter and buffer (names, dtypes, shapes, bytes)."""
-        if self._fingerprint is None:
-            digest = hashlib.sha256(self.model.__class__.__qualname__.encode())
-            for name, tensor in self.model.state_dict().items():
-                t = tensor.detach().cpu().contiguous()
-                digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-                digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-            self._fingerprint = digest.hexdigest()
-        return self._fingerprint
+        """SHA-256 of the class name and every parameter and buffer (names, dtypes, shapes, bytes).
+
+        Computed afresh on each call (milliseconds for small teachers), so that in-place weight
+        changes can never leave a stale cache looking valid.
+        """
+        digest = hashlib.sha256(self.model.__class__.__qualname__.encode())
+        for name, tensor in self.model.state_dict().items():
+            t = tensor.detach().cpu().contiguous()
+            digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+            digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()
 
     def num_parameters(self) -> int:
         """Number of parameters of the wrapped model."""

@@ -9,29 +9,44 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from anydistill.core.cache import tensor_fingerprint
+from anydistill.core.recipe import PositiveInt
 
 
 class EpochShuffleSampler(Sampler[int]):
-    """A random order that depends only on (seed, epoch): a resumed run replays the same batches.
+    """This process's share of an epoch order that depends only on (seed, epoch).
 
-    Lightning calls ``set_epoch`` at the start of every epoch; ``torch.utils.data.RandomSampler``
-    draws from the global RNG instead, which a resume does not reproduce.
+    Lightning calls ``set_epoch`` at the start of every epoch, so a resumed run replays the same
+    batches (``RandomSampler`` draws from the global RNG, which a resume does not restore). Under
+    DDP, rank r takes positions r, r + W, r + 2W... of the order: W processes with batch B see,
+    step for step, the rows one process sees with batch W * B.
+
+    Args:
+        num_rows: dataset size.
+        seed: the shuffling seed.
+        shuffle: a fresh permutation every epoch, or the rows in order.
+        rank, world_size: this process's rank and the number of processes (the order is padded by
+            wrapping around so every rank gets the same number of rows, as DistributedSampler does).
     """
 
-    def __init__(self, num_rows: int, seed: int):
-        self.num_rows = num_rows
-        self.seed = seed
+    def __init__(self, num_rows: int, seed: int, shuffle: bool = True, rank: int = 0, world_size: int = 1):
+        self.num_rows, self.seed, self.shuffle = num_rows, seed, shuffle
+        self.rank, self.world_size = rank, world_size
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.num_rows
+        return -(-self.num_rows // self.world_size)
 
     def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return iter(torch.randperm(self.num_rows, generator=generator).tolist())
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(self.num_rows, generator=generator).tolist()
+        else:
+            order = list(range(self.num_rows))
+        order += order[: len(self) * self.world_size - self.num_rows]
+        return iter(order[self.rank :: self.world_size])
 
 
 def random_shift(x: torch.Tensor, max_shift: int) -> torch.Tensor:
@@ -92,11 +107,11 @@ class TensorClassificationData(L.LightningDataModule):
 
     def __init__(
         self,
-        batch_size: int = 128,
-        eval_batch_size: int = 1024,
+        batch_size: PositiveInt = 128,
+        eval_batch_size: PositiveInt = 1024,
         shuffle: bool = True,
         augment: bool = False,
-        train_limit: int | None = None,
+        train_limit: PositiveInt | None = None,
         seed: int = 0,
     ):
         super().__init__()
@@ -133,7 +148,9 @@ class TensorClassificationData(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         x, y = self.split("train")
         dataset = IndexedTensors(x, y, self.signals, max_shift=2 if self.augment else 0)
-        sampler = EpochShuffleSampler(len(dataset), self.seed) if self.shuffle else None
+        # The engine turns off Lightning's sampler injection (whose DDP sampler always shuffles).
+        rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        sampler = EpochShuffleSampler(len(dataset), self.seed, self.shuffle, rank, world_size)
         return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, collate_fn=_already_batched)
 
     def _eval_loader(self, name: str) -> DataLoader:
