@@ -1,4 +1,7 @@
-"""kill -9 in the middle of training, then `--resume`: the final weights equal an uninterrupted run's."""
+"""kill -9 in the middle of training, then `--resume`: the final weights equal an uninterrupted run's.
+
+The teacher is the seeded, untrained `small-cnn`: what matters here is that every bit of state
+(weights, optimizer, schedule, data order, RNG) survives the interruption."""
 
 from __future__ import annotations
 
@@ -18,10 +21,9 @@ seed: 5
 data: {name: digits, batch_size: 16}
 teacher: {name: small-cnn, channels: [8, 16], hidden: 32}
 student: {name: mlp, hidden: [32]}
-trainer: {max_epochs: 40, progress_bar: false}
+trainer: {max_epochs: 12, progress_bar: false}
 optimizer: {name: adam, lr: 0.002}
 methods:
-  teacher: {}
   kd: {temperature: 2.0, alpha: 0.8}
 """
 
@@ -35,8 +37,8 @@ def test_kill_and_resume_reproduces_the_uninterrupted_weights(tmp_path) -> None:
     process = subprocess.Popen([*ANYDISTILL, "run", "r.yaml", "--name", "cut"], cwd=tmp_path, env=quiet_env(),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    # Wait until the kd method has finished a few epochs (its epoch-3 checkpoint exists), then kill.
-    while not (run / "checkpoints" / "kd" / "epoch=3.ckpt").exists() and not list((run / "checkpoints" / "kd").glob("epoch=[4-9]*.ckpt")):
+    # Wait until the kd method has finished at least 3 epochs (an epoch>=3 checkpoint exists), then kill.
+    while not any(int(p.stem.split("=")[1]) >= 3 for p in (run / "checkpoints" / "kd").glob("epoch=*.ckpt")):
         assert process.poll() is None, "the run ended before it could be interrupted"
         assert time.time() < deadline, "the run never reached epoch 3"
         time.sleep(0.05)
