@@ -12,7 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from anydistill.core.errors import AnydistillError, RecipeError
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from anydistill.core.errors import RecipeError
 from anydistill.core.recipe import (
     CacheSpec,
     OptimizerSpec,
@@ -176,6 +179,8 @@ def load_recipe(path_or_name: str, overrides: list[str] = ()) -> Recipe:
     if not problems and data is not None:
         try:
             student_model, teacher_model = build_models(data, student, teacher)
+            if checkpoint:
+                load_teacher_weights(teacher_model, str(checkpoint), teacher.name)
         except Exception as error:  # any failure to build a model is a recipe problem, told in one line
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             problems.append(f"models: building the models failed: {first}")
@@ -192,6 +197,22 @@ def load_recipe(path_or_name: str, overrides: list[str] = ()) -> Recipe:
         resolved["teacher"] = {"name": teacher.name, **teacher.kwargs, **({"checkpoint": checkpoint} if checkpoint else {})}
     resolved["methods"] = {label: {"name": c.name, **c.kwargs} for label, c in methods.items()}
     return Recipe(source, parsed.name, parsed.seed, data, student, teacher, checkpoint, parsed.trainer, parsed.optimizer, parsed.cache, methods, resolved)
+
+
+def load_teacher_weights(model: Any, checkpoint: str, name: str) -> None:
+    """Load a ``model.safetensors`` export into the teacher architecture ``model``.
+
+    Raises:
+        ValueError: one line saying why it does not fit and what to change.
+    """
+    try:
+        model.load_state_dict(load_file(checkpoint))
+    except (SafetensorError, OSError, RuntimeError) as error:
+        first = str(error).strip().splitlines()[0]
+        raise ValueError(
+            f"teacher.checkpoint {checkpoint} does not load into '{name}' ({first}); give the architecture "
+            f"options it was trained with (see the model.json beside it)."
+        ) from None
 
 
 def build_models(data: Component, student: Component | None, teacher: Component | None) -> tuple[Any, Any]:

@@ -3,7 +3,9 @@ evaluate every model with the same evaluator, and write the run directory and it
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import logging
 import platform
 import sys
 import time
@@ -14,16 +16,15 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
-from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from anydistill import __version__
-from anydistill.catalog import Recipe, build_models
+from anydistill.catalog import Recipe, build_models, load_teacher_weights
 from anydistill.classifier.evaluate import evaluate_classifier, predict_logits
 from anydistill.core.cache import open_or_build_cache
-from anydistill.core.errors import RecipeError
+from anydistill.core.errors import MissingPackageError
 from anydistill.core.method import DistillationMethod
 from anydistill.core.rundir import RunDir
 from anydistill.core.teacher import Teacher
@@ -32,6 +33,8 @@ from anydistill.report import write_report
 # Lightning's advice for multi-core data loading does not apply to in-memory tensors.
 warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 warnings.filterwarnings("ignore", message=".*`training_step` returned `None`.*")
+# Lightning's start-up banner (accelerator availability, logger tips) says nothing about the run.
+logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
 
 
 def is_main_process() -> bool:
@@ -64,16 +67,8 @@ def build_teacher(recipe: Recipe, teacher_model: torch.nn.Module | None) -> Teac
     """The frozen teacher: a pretrained builder, or an architecture plus a ``checkpoint``."""
     if teacher_model is None:
         return None
-    if recipe.teacher_checkpoint:
-        try:
-            state = load_file(recipe.teacher_checkpoint)
-            teacher_model.load_state_dict(state)
-        except (SafetensorError, OSError, RuntimeError) as error:
-            first = str(error).strip().splitlines()[0]
-            raise RecipeError(
-                [f"{recipe.source}: teacher.checkpoint: {recipe.teacher_checkpoint} does not load into "
-                 f"'{recipe.teacher.name}' ({first}); give the architecture options it was trained with (see its model.json)."]
-            ) from None
+    if recipe.teacher_checkpoint:  # validated by load_recipe, which loaded it once already
+        load_teacher_weights(teacher_model, recipe.teacher_checkpoint, recipe.teacher.name)
     return Teacher(teacher_model, name=recipe.teacher.name)
 
 
@@ -82,6 +77,11 @@ def make_trainer(recipe: Recipe, run_dir: RunDir, label: str) -> L.Trainer:
     spec = recipe.trainer
     checkpoints = ModelCheckpoint(dirpath=run_dir.checkpoint_dir(label), filename="{epoch}", save_last=True,
                                   save_top_k=1, every_n_epochs=1, save_on_train_epoch_end=True)
+    loggers: list[Logger] = [CSVLogger(run_dir.path / "logs", name=label, version="")]
+    if spec.tensorboard:
+        if not any(importlib.util.find_spec(m) for m in ("tensorboard", "tensorboardX")):
+            raise MissingPackageError("tensorboard", "tensorboard", "trainer.tensorboard: true")
+        loggers.append(TensorBoardLogger(run_dir.path / "logs", name=label, version="tensorboard"))
     return L.Trainer(
         max_epochs=spec.max_epochs,
         max_steps=spec.max_steps,
@@ -99,7 +99,7 @@ def make_trainer(recipe: Recipe, run_dir: RunDir, label: str) -> L.Trainer:
         enable_model_summary=False,
         num_sanity_val_steps=0,
         use_distributed_sampler=False,  # data modules shard by rank themselves (EpochShuffleSampler)
-        logger=CSVLogger(run_dir.path / "logs", name=label, version=""),
+        logger=loggers,
         callbacks=[checkpoints],
         default_root_dir=run_dir.path,
     )

@@ -83,3 +83,42 @@ def test_tiny_recipe_end_to_end_and_no_overwrite(tmp_path) -> None:
 
     report = anydistill("report", str(run), cwd=tmp_path)
     assert report.returncode == 0, report.stderr
+
+
+def test_non_finite_loss_stops_in_one_line(tmp_path) -> None:
+    (tmp_path / "tiny.yaml").write_text(TINY_RECIPE)
+    result = anydistill("run", "tiny.yaml", "--name", "nan", "--set", "optimizer.name=sgd", "--set", "optimizer.lr=1e30",
+                        cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and "loss became" in lines[0] and "optimizer.lr" in lines[0]
+    # The run directory keeps what finished before the failure, and nothing of the failed method.
+    metrics = json.loads((tmp_path / "runs" / "nan" / "metrics.json").read_text()) if (tmp_path / "runs" / "nan" / "metrics.json").exists() else {}
+    assert "scratch" not in metrics and "kd" not in metrics
+
+
+def test_trained_teacher_is_reused_from_its_checkpoint(tmp_path) -> None:
+    (tmp_path / "tiny.yaml").write_text(TINY_RECIPE)
+    first = anydistill("run", "digits/teacher", "--name", "t", "--set", "trainer.max_epochs=1",
+                       "--set", "trainer.tensorboard=true", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    weights = tmp_path / "runs" / "t" / "checkpoints" / "teacher" / "model.safetensors"
+    assert weights.is_file()
+    assert list((tmp_path / "runs" / "t" / "logs" / "teacher" / "tensorboard").glob("events.*"))
+
+    reuse = TINY_RECIPE.replace("teacher: {name: small-cnn, channels: [8, 16], hidden: 32}",
+                                f"teacher: {{name: small-cnn, channels: [16, 32], hidden: 64, checkpoint: {weights}}}")
+    reuse = reuse.replace("  teacher: {}\n", "")
+    (tmp_path / "reuse.yaml").write_text(reuse)
+    second = anydistill("run", "reuse.yaml", "--name", "r", "--set", "trainer.max_epochs=1", cwd=tmp_path)
+    assert second.returncode == 0, second.stderr[-2000:]
+    teacher_metrics = json.loads((tmp_path / "runs" / "r" / "metrics.json").read_text())["teacher"]
+    reference = json.loads((tmp_path / "runs" / "t" / "metrics.json").read_text())["teacher"]
+    assert teacher_metrics["accuracy"] == reference["accuracy"]
+
+    wrong = reuse.replace("channels: [16, 32], hidden: 64", "channels: [8, 16], hidden: 64")
+    (tmp_path / "wrong.yaml").write_text(wrong)
+    third = anydistill("run", "wrong.yaml", "--name", "w", cwd=tmp_path)
+    assert third.returncode == 2 and "does not load into" in third.stderr and "Traceback" not in third.stderr
+    assert not (tmp_path / "runs" / "w").exists()

@@ -81,7 +81,7 @@ def build_cache(
     try:
         shards = []
         rows = inputs.shape[0]
-        progress = tqdm(total=rows, desc=f"Caching {teacher.name} signals", unit="ex", leave=False)
+        progress = tqdm(total=rows, desc=f"Caching {teacher.name} signals", unit="ex", leave=False, disable=None)
         for start in range(0, rows, shard_rows):
             stop = min(start + shard_rows, rows)
             parts: dict[str, list[torch.Tensor]] = {name: [] for name in signal_names(features)}

@@ -58,6 +58,7 @@ class TrainerSpec(_Section):
     log_every_n_steps: int = Field(default=50, ge=1)
     deterministic: bool = False
     progress_bar: bool = True
+    tensorboard: bool = False
 
 
 class OptimizerSpec(_Section):
