@@ -133,8 +133,15 @@ def run_recipe(recipe: Recipe, run_dir: RunDir, *, resume: bool = False) -> dict
     teacher = build_teacher(recipe, pretrained) if not any(c.target.trains == "teacher" for c in recipe.methods.values()) else None
     metrics = run_dir.read_metrics() if resume else {}
 
+    teacher_predictions: dict[int, torch.Tensor] = {}  # by id of the teacher model: computed once
+
     def evaluate(model: torch.nn.Module, **extra: Any) -> dict[str, Any]:
-        reference = predict_logits(teacher.model, x_test).argmax(-1) if teacher is not None else None
+        reference = None
+        if teacher is not None:
+            key = id(teacher.model)
+            if key not in teacher_predictions:
+                teacher_predictions[key] = predict_logits(teacher.model, x_test).argmax(-1)
+            reference = teacher_predictions[key]
         val_accuracy = float((predict_logits(model, x_val).argmax(-1) == y_val).float().mean())
         return {**evaluate_classifier(model, x_test, y_test, reference), "val_accuracy": val_accuracy, **extra}
 

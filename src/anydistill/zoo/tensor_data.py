@@ -52,9 +52,15 @@ class EpochShuffleSampler(Sampler[int]):
 def random_shift(x: torch.Tensor, max_shift: int) -> torch.Tensor:
     """Translate each image of ``x`` [B, C, H, W] by up to ``max_shift`` pixels (zero fill)."""
     padded = torch.nn.functional.pad(x, [max_shift] * 4)
-    shifts = torch.randint(0, 2 * max_shift + 1, (x.shape[0], 2))
+    span = 2 * max_shift + 1
+    shift = torch.randint(0, span * span, (x.shape[0],))
     h, w = x.shape[-2:]
-    return torch.stack([padded[i, :, dy : dy + h, dx : dx + w] for i, (dy, dx) in enumerate(shifts.tolist())])
+    out = torch.empty_like(x)
+    for code in shift.unique().tolist():  # one slice per distinct shift, not per image
+        rows = (shift == code).nonzero().squeeze(1)
+        dy, dx = divmod(code, span)
+        out[rows] = padded[rows, :, dy : dy + h, dx : dx + w]
+    return out
 
 
 class IndexedTensors(torch.utils.data.Dataset):
