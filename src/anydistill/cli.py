@@ -55,7 +55,8 @@ def command_run(args: argparse.Namespace) -> int:
     if is_main_process():
         from rich.console import Console
 
-        Console().print(console_table(metrics, title=f"{recipe.name}: test split"))
+        # Piped output has no terminal width; rich would squeeze the table into 80 columns.
+        Console(width=None if sys.stdout.isatty() else 140).print(console_table(metrics, title=f"{recipe.name}: test split"))
         print(f"Run directory: {run_dir.path}  (report: {run_dir.path / 'report.md'})")
     return 0
 

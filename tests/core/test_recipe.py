@@ -169,11 +169,6 @@ def test_missing_required_sections_are_named():
         assert f"{key}: the '{key}' parameter of a recipe is required." in text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a union-typed field (trainer.limit_train_batches: int | float | None) reports one wrong value "
-    "as two lines naming 'limit_train_batches.int' and 'limit_train_batches.float' (core/recipe.py, _pydantic_problems)",
-)
 def test_union_field_problem_is_one_line():
     problems = _parse_problems(_minimal(trainer={"limit_train_batches": "x"}))
     assert len(problems) == 1

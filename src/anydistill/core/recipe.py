@@ -100,10 +100,30 @@ def _render(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _pydantic_problems(error: pydantic.ValidationError, owner: str, where: str, fields: list[str]) -> list[str]:
-    """One line per pydantic error, in the convention's shape."""
+def _merge_union_errors(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One error per field for a value that fits none of a union's members.
+
+    pydantic reports ``int | float | None`` as one error per member, located at
+    ``(field, "int")``, ``(field, "float")``...; users need one line: "must be int, float or none".
+    """
+    by_field: dict[Any, list[dict[str, Any]]] = {}
+    for item in items:
+        by_field.setdefault(item["loc"][0] if item["loc"] else None, []).append(item)
+    merged = []
+    for field, group in by_field.items():
+        members = [i["loc"][1] for i in group if len(i["loc"]) == 2 and isinstance(i["loc"][1], str)]
+        if len(group) > 1 and len(members) == len(group):
+            members = [m.replace("-", " ").split("[")[0] for m in members]
+            merged.append({**group[0], "loc": (field,), "msg": f"Input should be one of: {', '.join(members)}"})
+        else:
+            merged.extend(group)
+    return merged
+
+
+def _pydantic_problems(items: list[dict[str, Any]], owner: str, where: str, fields: list[str]) -> list[str]:
+    """One line per pydantic error (``ValidationError.errors()`` items), in the convention's shape."""
     problems = []
-    for item in error.errors():
+    for item in _merge_union_errors(items):
         loc = ".".join(str(part) for part in item["loc"])
         key = str(item["loc"][0]) if item["loc"] else ""
         place = f"{where}.{loc}" if where else loc
@@ -156,7 +176,7 @@ def validate_kwargs(
     try:
         validated = model.model_validate(kwargs)
     except pydantic.ValidationError as error:
-        return {}, _pydantic_problems(error, owner, where, list(fields))
+        return {}, _pydantic_problems(error.errors(), owner, where, list(fields))
     return {name: getattr(validated, name) for name in fields}, []
 
 
@@ -213,12 +233,15 @@ def parse_recipe_file(raw: Any, overrides: list[str] = ()) -> tuple[RecipeFile |
     except pydantic.ValidationError as error:
         parsed = None
         sections = {"trainer": TrainerSpec, "optimizer": OptimizerSpec, "cache": CacheSpec}
+        top: list[dict[str, Any]] = []
+        nested: dict[str, list[dict[str, Any]]] = {}
         for item in error.errors():
             section = str(item["loc"][0]) if item["loc"] else ""
             if section in sections and len(item["loc"]) > 1:
-                owner, where, fields, item = f"the '{section}' section", section, list(sections[section].model_fields), {**item, "loc": item["loc"][1:]}
+                nested.setdefault(section, []).append({**item, "loc": item["loc"][1:]})
             else:
-                owner, where, fields = "a recipe", "", list(RecipeFile.model_fields)
-            single = pydantic.ValidationError.from_exception_data(error.title, [item])  # type: ignore[list-item]
-            problems += _pydantic_problems(single, owner, where, fields)
+                top.append(item)
+        problems += _pydantic_problems(top, "a recipe", "", list(RecipeFile.model_fields))
+        for section, items in nested.items():
+            problems += _pydantic_problems(items, f"the '{section}' section", section, list(sections[section].model_fields))
     return (None if problems else parsed), problems

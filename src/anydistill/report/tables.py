@@ -23,6 +23,9 @@ MISSING = "—"
 # every other numeric key follows alphabetically so the layout is stable across runs.
 KNOWN_ORDER = ("accuracy", "ece", "params", "latency_ms", "teacher_agreement")
 
+# Numbers about how a model was run, not how good it is: kept in metrics.json, not in tables.
+NOT_METRICS = frozenset({"world_size"})
+
 # Fractions in 0..1 that read best as percentages.
 PERCENT_KEYS = frozenset({"accuracy", "teacher_agreement", "val_accuracy"})
 
@@ -47,7 +50,7 @@ def metric_columns(metrics: Mapping[str, Mapping[str, object]]) -> list[str]:
 
     Known keys come first in ``KNOWN_ORDER``; the rest follow alphabetically.
     """
-    numeric = {key for entry in metrics.values() for key, value in entry.items() if _is_number(value)}
+    numeric = {key for entry in metrics.values() for key, value in entry.items() if _is_number(value)} - NOT_METRICS
     known = [key for key in KNOWN_ORDER if key in numeric]
     return known + sorted(numeric - set(KNOWN_ORDER))
 
@@ -115,7 +118,7 @@ def console_table(metrics: Mapping[str, Mapping[str, object]], title: str | None
     """Render ``metrics`` as a rich ``Table`` for the CLI, same columns as ``metrics_table``."""
     headers, rows = table_rows(metrics)
     table = Table(title=title)
-    table.add_column(headers[0], justify="left", style="bold")
+    table.add_column(headers[0], justify="left", style="bold", no_wrap=True)
     for name in headers[1:]:
         table.add_column(name, justify="right")
     for row in rows:
