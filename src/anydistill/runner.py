@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import os
 import platform
 import sys
 import time
@@ -26,7 +27,7 @@ from anydistill.classifier.evaluate import evaluate_classifier, predict_logits
 from anydistill.core.cache import open_or_build_cache
 from anydistill.core.errors import MissingPackageError
 from anydistill.core.method import DistillationMethod
-from anydistill.core.rundir import RunDir
+from anydistill.core.rundir import RunDir, write_atomic
 from anydistill.core.teacher import Teacher
 from anydistill.report import write_report
 
@@ -109,8 +110,10 @@ def export_model(model: torch.nn.Module, component_spec: dict[str, Any], directo
     """Save ``model`` as safetensors plus the spec that rebuilds its architecture (model.json)."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "model.safetensors"
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(path))
-    (directory / "model.json").write_text(json.dumps(component_spec, indent=2))
+    partial = directory / ".model.safetensors.partial"  # renamed into place: never a half-written export
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(partial))
+    os.replace(partial, path)
+    write_atomic(directory / "model.json", json.dumps(component_spec, indent=2))
     return path
 
 
