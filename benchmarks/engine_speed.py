@@ -17,17 +17,18 @@ from pathlib import Path
 
 import lightning as L
 import torch
+import yaml
 from common import mean_std, write_results
 
-from anydistill.catalog import build_models, load_recipe
+from anydistill.catalog import build_models, load_recipe, shipped_recipes
 from anydistill.core.cache import open_or_build_cache
 from anydistill.core.rundir import RunDir
 from anydistill.core.teacher import Teacher
 from anydistill.losses import kd_kl, mix_with_ce
 from anydistill.runner import make_trainer
 
-SIZES = {"mlp-32 (25k params)": ["student.name=mlp", "student.hidden=[32]"],
-         "cnn-16-32 (110k params)": ["student.name=small-cnn", "student.channels=[16, 32]", "student.hidden=128"]}
+SIZES = {"mlp-32": {"name": "mlp", "hidden": [32]},
+         "cnn-16-32": {"name": "small-cnn", "channels": [16, 32], "hidden": 128}}
 STEPS = 160
 WARMUP = 10
 
@@ -53,8 +54,13 @@ class EpochTimer(L.Callback):
         self.times.append(time.perf_counter() - self.start)
 
 
-def recipe_for(overrides: list[str]):
-    return load_recipe("mnist/demo", ["data.augment=false", "trainer.progress_bar=false", *overrides])
+def recipe_for(student: dict, overrides: list[str]):
+    """The demo recipe on plain (unshifted) images with the given student."""
+    raw = yaml.safe_load(Path(shipped_recipes()["mnist/demo"]).read_text())
+    raw["student"] = student
+    path = Path(tempfile.mkdtemp()) / "speed.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return load_recipe(str(path), ["data.augment=false", "trainer.progress_bar=false", *overrides])
 
 
 def build(recipe):
@@ -98,22 +104,23 @@ def bare(recipe) -> list[float]:
 def overhead(root: Path, rounds: int = 3) -> dict:
     results = {}
     for size, overrides in SIZES.items():
-        recipe = recipe_for([*overrides, f"trainer.max_steps={STEPS + 1}"])
+        recipe = recipe_for(overrides, [f"trainer.max_steps={STEPS + 1}"])
         ratios, ours_ms, bare_ms = [], [], []
         for _ in range(rounds):  # interleaved: machine noise hits both sides alike
             a, b = statistics.median(ours(recipe, root)), statistics.median(bare(recipe))
             ratios.append(a / b)
             ours_ms.append(a * 1000)
             bare_ms.append(b * 1000)
-        results[size] = {"ratio": mean_std(ratios), "ours_ms": mean_std(ours_ms), "bare_ms": mean_std(bare_ms), "rounds": rounds}
+        params = sum(p.numel() for p in build(recipe).student.parameters())
+        results[size] = {"params": params, "ratio": mean_std(ratios), "ours_ms": mean_std(ours_ms), "bare_ms": mean_std(bare_ms), "rounds": rounds}
         print(size, results[size], flush=True)
     return results
 
 
 def cache_speed(root: Path, epochs: int = 3) -> dict:
     results = {}
-    recipe_cached = recipe_for(["cache.enabled=true", f"cache.dir={root / 'cache'}", f"trainer.max_epochs={epochs}", *SIZES["mlp-32 (25k params)"]])
-    recipe_online = recipe_for([f"trainer.max_epochs={epochs}", *SIZES["mlp-32 (25k params)"]])
+    recipe_cached = recipe_for(SIZES["mlp-32"], ["cache.enabled=true", f"cache.dir={root / 'cache'}", f"trainer.max_epochs={epochs}"])
+    recipe_online = recipe_for(SIZES["mlp-32"], [f"trainer.max_epochs={epochs}"])
     for name, recipe in (("online", recipe_online), ("cached", recipe_cached)):
         method = build(recipe)
         datamodule = recipe.data.target(**recipe.data.kwargs)
@@ -161,9 +168,9 @@ def main() -> None:
              f"Median step time of steps {WARMUP}..{STEPS}, {next(iter(over.values()))['rounds']} interleaved rounds (mean ± std over rounds).", "",
              "| student | ours (ms/step) | bare PyTorch (ms/step) | ratio |", "|---|---:|---:|---:|"]
     for size, r in over.items():
-        lines.append(f"| {size} | {r['ours_ms'][0]:.2f} ± {r['ours_ms'][1]:.2f} | {r['bare_ms'][0]:.2f} ± {r['bare_ms'][1]:.2f} | "
+        lines.append(f"| {size} ({r['params']:,} params) | {r['ours_ms'][0]:.2f} ± {r['ours_ms'][1]:.2f} | {r['bare_ms'][0]:.2f} ± {r['bare_ms'][1]:.2f} | "
                      f"{r['ratio'][0]:.3f} ± {r['ratio'][1]:.3f} |")
-    lines += ["", "## (c) Teacher signal cache: KD epoch time (MLP-32 student, 50k images)", "",
+    lines += ["", "## (c) Teacher signal cache: KD epoch time (mlp-32 student, 50k images)", "",
               f"Teacher forward costs {cache['teacher_over_student_cost']:.1f}x the student's forward + backward.", "",
               "| mode | epoch times (s) | one-off cache build (s) |", "|---|---|---:|"]
     for name in ("online", "cached"):

@@ -8,10 +8,12 @@ imported before; users add their own with ``METHODS.register("name")`` or name a
 from __future__ import annotations
 
 import importlib.resources
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
@@ -26,7 +28,8 @@ from anydistill.core.recipe import (
     validate_kwargs,
 )
 from anydistill.core.registry import Registry
-from anydistill.core.taps import find_module
+from anydistill.core.method import DistillationMethod
+from anydistill.core.taps import capture_features, find_module
 
 METHODS = Registry(
     "method",
@@ -94,7 +97,9 @@ def resolve_recipe_path(path_or_name: str) -> Path:
     return shipped_recipes().get(path_or_name, path)
 
 
-def _component(section: dict[str, Any], registry: Registry, where: str, problems: list[str], injected: frozenset[str]) -> Component | None:
+def _component(
+    section: dict[str, Any], registry: Registry, where: str, problems: list[str], injected: frozenset[str], kind: type | None = None
+) -> Component | None:
     kwargs = dict(section)
     name = kwargs.pop("name", None)
     if not isinstance(name, str):
@@ -105,26 +110,70 @@ def _component(section: dict[str, Any], registry: Registry, where: str, problems
     except LookupError as error:
         problems.append(f"{where}.name: {error}")
         return None
+    if kind is not None and not (isinstance(target, type) and issubclass(target, kind)):
+        problems.append(f"{where}.name: '{name}' is not a {kind.__name__} subclass, so it cannot be used as a {registry.kind}.")
+        return None
+    if not callable(target):
+        problems.append(f"{where}.name: '{name}' is not callable, so it cannot build a {registry.kind}.")
+        return None
     values, found = validate_kwargs(target, kwargs, owner=f"{registry.kind} '{name}'", where=where, injected=injected)
     problems.extend(found)
     return Component(name, target, values) if not found else None
 
 
-def _check_taps(label: str, method_cls: Any, kwargs: dict[str, Any], teacher: Any, student: Any, problems: list[str]) -> None:
-    """Build the method (constructors only store hyperparameters) and check its module paths."""
+def _dry_forward(model: Any, input_shape: tuple[int, ...], taps: list[str]) -> dict[str, torch.Size]:
+    """Shapes of the tapped outputs on a zero batch of two (eval mode, no gradients)."""
+    was_training = model.training
+    model.eval()
     try:
-        method = method_cls(student=student, teacher=None, **kwargs)
+        with torch.no_grad(), capture_features(model, taps) as features:
+            model(torch.zeros(2, *input_shape))
+    finally:
+        model.train(was_training)
+    return {path: value.shape for path, value in features.items()}
+
+
+def _check_method(
+    label: str, component: Component, teacher: Any, student: Any, input_shape: tuple[int, ...], max_epochs: int, problems: list[str]
+) -> None:
+    """Build the method (constructors only store hyperparameters), check that its module paths
+    exist, run the models once on zeros and let the method check the shapes it will see."""
+    try:
+        method = component.target(student=student, teacher=None, **component.kwargs)
     except (ValueError, TypeError) as error:
         problems.append(f"methods.{label}: {error}")
         return
-    for role, model, paths in (("teacher", teacher, method.teacher_taps()), ("student", student, method.student_taps())):
-        for path in paths:
-            if model is None:
-                continue
+    taps = {"teacher": (teacher, method.teacher_taps()), "student": (student, method.student_taps())}
+    found = []
+    for role, (model, paths) in taps.items():
+        for path in paths if model is not None else []:
             try:
                 find_module(model, path)
             except LookupError as error:
-                problems.append(f"methods.{label}: {role} layer: {error}")
+                found.append(f"methods.{label}: {role} layer: {error}")
+    if found:
+        problems.extend(found)
+        return
+    shapes = {role: _dry_forward(model, input_shape, paths) if model is not None else {} for role, (model, paths) in taps.items()}
+    for problem in method.recipe_problems(teacher_shapes=shapes["teacher"], student_shapes=shapes["student"], max_epochs=max_epochs):
+        problems.append(f"methods.{label}: {problem}")
+
+
+def _check_trainer(spec: TrainerSpec, problems: list[str]) -> None:
+    """Let Lightning refuse what it cannot run here (a missing GPU, an uninstalled strategy)."""
+    import lightning as L
+
+    try:
+        L.Trainer(
+            accelerator=spec.accelerator, devices=spec.devices, num_nodes=spec.num_nodes, strategy=spec.strategy,
+            precision=spec.precision, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        )
+    except Exception as error:  # Lightning raises several types; each is a recipe problem here
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        problems.append(f"trainer: Lightning cannot run these settings here: {first}")
+
+
+_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._#@+-]*$")  # a label names files under the run directory
 
 
 def load_recipe(path_or_name: str, overrides: list[str] = ()) -> Recipe:
@@ -132,7 +181,8 @@ def load_recipe(path_or_name: str, overrides: list[str] = ()) -> Recipe:
 
     Raises:
         RecipeError: one line per problem (bad YAML, unknown key or name, wrong type or range,
-            missing teacher, cache used with augmentation, module paths that do not exist...).
+            missing teacher, cache used with augmentation, module paths that do not exist, tapped
+            shapes a method cannot use, trainer settings Lightning cannot run here...).
     """
     path = resolve_recipe_path(path_or_name)
     source = str(path)
@@ -152,41 +202,62 @@ def load_recipe(path_or_name: str, overrides: list[str] = ()) -> Recipe:
     teacher = _component(teacher_section, MODELS, "teacher", problems, MODEL_INJECTED) if raw_section("teacher") is not None else None
     if checkpoint is not None and not Path(str(checkpoint)).is_file():
         problems.append(f"teacher.checkpoint: no such file '{checkpoint}'. Point it at a model.safetensors written by a 'teacher' run.")
+
     methods: dict[str, Component] = {}
     if not raw_section("methods"):
         problems.append("methods: a recipe needs at least one method, e.g. `methods: {scratch: {}, kd: {}}`.")
     for label, entry in (raw_section("methods") or {}).items():
+        if not _LABEL.match(str(label)):
+            problems.append(f"methods.{label}: a label names files of the run; use letters, digits and . _ # @ + - only.")
+            continue
         if not isinstance(entry, dict | None):
             problems.append(f"methods.{label}: expected a mapping of the method's parameters, got {entry!r}.")
             continue
-        entry = {"name": label, **(entry or {})}
-        component = _component(entry, METHODS, f"methods.{label}", problems, METHOD_INJECTED)
+        component = _component({"name": label, **(entry or {})}, METHODS, f"methods.{label}", problems, METHOD_INJECTED, DistillationMethod)
         if component is not None:
             methods[label] = component
-    trains_teacher = any(c.target.trains == "teacher" for c in methods.values())
-    for label, component in methods.items():
+
+    order = list(methods)
+    for position, (label, component) in enumerate(methods.items()):
+        trains_teacher = component.target.trains == "teacher"
+        if label == "teacher" and not trains_teacher:
+            problems.append("methods.teacher: the label 'teacher' is reserved for the model the students learn from; rename this method.")
+        if trains_teacher and position != 0:
+            problems.append(f"methods.{label}: the method that trains the teacher must come first (now after {', '.join(order[:position])}).")
+        if trains_teacher and (teacher is None or checkpoint):
+            problems.append(f"methods.{label}: '{component.name}' trains the recipe's teacher architecture: give `teacher: {{name: ...}}` without a checkpoint.")
         if component.target.trains == "student" and raw_section("student") is None:
             problems.append(f"methods.{label}: method '{component.name}' trains a student; add a `student:` section.")
-        if component.target.needs_teacher and teacher is None:
+        if component.target.needs_teacher and raw_section("teacher") is None:
             problems.append(f"methods.{label}: method '{component.name}' distills from a teacher; add a `teacher:` section.")
-    if trains_teacher and (teacher is None or checkpoint):
-        problems.append("methods: the 'teacher' method trains the recipe's teacher architecture: give `teacher: {name: ...}` without a checkpoint.")
-    if parsed is not None and parsed.cache.enabled and data is not None and data.kwargs.get("augment"):
+
+    if parsed is not None and parsed.cache.enabled and data is not None and data.target(**data.kwargs).inputs_vary_per_epoch:
         problems.append(
-            "cache.enabled: a teacher signal cache is invalid with data.augment: true (the inputs change every epoch, "
-            "so stored teacher outputs would not match them). Set cache.enabled: false to run the teacher online, or data.augment: false."
+            "cache.enabled: a teacher signal cache is invalid when the inputs change every epoch (data.augment: true): "
+            "stored teacher outputs would not match them. Set cache.enabled: false to run the teacher online, or data.augment: false."
         )
-    if not problems and data is not None:
+    if parsed is not None:
+        _check_trainer(parsed.trainer, problems)
+    if not problems and parsed is not None and data is not None:
         try:
             student_model, teacher_model = build_models(data, student, teacher)
             if checkpoint:
                 load_teacher_weights(teacher_model, str(checkpoint), teacher.name)
-        except Exception as error:  # any failure to build a model is a recipe problem, told in one line
+            input_shape = data.target.input_shape
+            for model in (student_model, teacher_model):
+                if model is not None:
+                    _dry_forward(model, input_shape, [])
+        except Exception as error:  # any failure to build or run a model is a recipe problem, told in one line
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            problems.append(f"models: building the models failed: {first}")
+            problems.append(f"models: building or running the models on a {data.target.input_shape} input failed: {first}")
         else:
+            for path in parsed.cache.features if parsed.cache.enabled else []:
+                try:
+                    find_module(teacher_model, path)
+                except (LookupError, AttributeError) as error:
+                    problems.append(f"cache.features: {error}")
             for label, component in methods.items():
-                _check_taps(label, component.target, component.kwargs, teacher_model, student_model, problems)
+                _check_method(label, component, teacher_model, student_model, input_shape, parsed.trainer.max_epochs, problems)
     if problems or parsed is None:
         raise RecipeError([f"{source}: {p}" for p in problems])
     resolved = parsed.model_dump(mode="json")

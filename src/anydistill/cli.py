@@ -39,6 +39,8 @@ def command_run(args: argparse.Namespace) -> int:
     from anydistill.runner import is_main_process, run_recipe
 
     if args.resume:
+        if args.recipe or args.set:
+            raise AnydistillError("--resume continues a run with its saved config.yaml; drop the recipe and --set arguments.")
         run_dir = RunDir.existing(Path(args.resume))
         recipe = load_recipe(str(run_dir.path / "config.yaml"))
     else:

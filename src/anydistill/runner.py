@@ -3,9 +3,10 @@ evaluate every model with the same evaluator, and write the run directory and it
 
 from __future__ import annotations
 
+import csv
 import importlib.util
+import io
 import json
-import logging
 import os
 import platform
 import sys
@@ -34,8 +35,6 @@ from anydistill.report import write_report
 # Lightning's advice for multi-core data loading does not apply to in-memory tensors.
 warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 warnings.filterwarnings("ignore", message=".*`training_step` returned `None`.*")
-# Lightning's start-up banner (accelerator availability, logger tips) says nothing about the run.
-logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
 
 
 def is_main_process() -> bool:
@@ -175,9 +174,13 @@ def run_recipe(recipe: Recipe, run_dir: RunDir, *, resume: bool = False) -> dict
                 )
             datamodule.attach_signals(signals)
         trainer = make_trainer(recipe, run_dir, label)
+        log = run_dir.path / "logs" / label / "metrics.csv"
+        earlier_log = read_csv_rows(log) if resume and main else []
         started = time.perf_counter()
         trainer.fit(method, datamodule=datamodule, ckpt_path=run_dir.last_checkpoint(label) if resume else None)
         train_time = time.perf_counter() - started
+        if earlier_log:
+            restore_log_history(log, earlier_log)
         spec = recipe.resolved["teacher" if trains_teacher else "student"]
         if trains_teacher:
             teacher = Teacher(method.student, name=f"{recipe.teacher.name} (trained)")
@@ -193,6 +196,28 @@ def run_recipe(recipe: Recipe, run_dir: RunDir, *, resume: bool = False) -> dict
     if main:
         write_report(run_dir.path)
     return metrics
+
+
+def read_csv_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of a CSV log (empty if there is none)."""
+    if not path.is_file():
+        return []
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def restore_log_history(path: Path, earlier: list[dict[str, str]]) -> None:
+    """Put back the epochs logged before an interruption: Lightning's CSV logger starts
+    ``metrics.csv`` anew when a run resumes, and the report's learning curves need them all."""
+    later = read_csv_rows(path)
+    resumed_at = min((int(r["epoch"]) for r in later if r.get("epoch")), default=None)
+    kept = [r for r in earlier if r.get("epoch") and (resumed_at is None or int(r["epoch"]) < resumed_at)]
+    fields = list(dict.fromkeys(key for row in [*kept, *later] for key in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows([*kept, *later])
+    write_atomic(path, buffer.getvalue())
 
 
 def build_trained_teacher(recipe: Recipe, run_dir: RunDir, label: str) -> Teacher:

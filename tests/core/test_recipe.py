@@ -323,7 +323,7 @@ def test_cache_with_augmentation_is_refused(tmp_path):
     path = _write(tmp_path, BASE.replace("{name: digits}", "{name: digits, augment: true}") + "cache: {enabled: true}\n")
     problems = _problems(path)
     assert len(problems) == 1
-    assert problems[0].startswith(f"{path}: cache.enabled: a teacher signal cache is invalid with data.augment: true")
+    assert problems[0].startswith(f"{path}: cache.enabled: a teacher signal cache is invalid when the inputs change every epoch")
     assert "Set cache.enabled: false" in problems[0] and "data.augment: false" in problems[0]
     # Either one alone is fine.
     load_recipe(str(path), ["data.augment=false"])
@@ -337,8 +337,8 @@ def test_fitnets_hint_layer_must_exist_in_the_teacher(tmp_path):
     line = problems[0]
     assert line.startswith(f"{path}: methods.fitnets: teacher layer: SmallCNN has no module 'feature.3'. Did you mean ")
     assert "'features.3'" in line
-    # A valid pair loads.
-    load_recipe(str(path), ["methods.fitnets.hint_layer=features.3"])
+    # A pair of flat features loads (a conv hint cannot be regressed from a flat MLP layer).
+    load_recipe(str(path), ["methods.fitnets.hint_layer=classifier.2", "methods.fitnets.guided_layer='2'"])  # flat -> flat: a linear regressor
 
 
 def test_fitnets_guided_layer_must_exist_in_the_student(tmp_path):

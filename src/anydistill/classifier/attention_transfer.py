@@ -12,21 +12,22 @@ from anydistill.core.method import DistillationMethod
 from anydistill.core.recipe import Fraction, NonNegativeFloat, OptimizerSpec, PositiveFloat
 from anydistill.core.taps import capture_features
 from anydistill.core.teacher import Teacher
-from anydistill.losses import kd_kl
+from anydistill.losses import kd_kl, mix_with_ce
 
 
 class AttentionTransfer(DistillationMethod):
     """Make the student's spatial attention maps match the teacher's at paired layers:
 
-        L = CE(z_s, y) + beta / 2 * sum_j || Q_s^j / ||Q_s^j|| - Q_t^j / ||Q_t^j|| ||^2,
+        L = L_task + beta * sum_j mean( (Q_s^j / ||Q_s^j|| - Q_t^j / ||Q_t^j||)^2 ),
         Q = mean_c |F_c|^p  (flattened per example),
 
-    with the squared difference averaged over positions and batch, as in the official code
-    (beta = 1000 there). ``alpha > 0`` adds Hinton KD on top (the paper's AT+KD rows).
+    as in the official code (``cifar.py``: ``distillation(...) + opt.beta * sum(at_losses)``,
+    beta = 1000), where L_task is the cross-entropy, or Hinton KD mixed with it when ``alpha > 0``
+    (the paper's AT+KD rows). The paper writes beta/2 times a (non-squared) norm instead.
 
     Args:
         teacher_layers, student_layers: paired module paths (same length); feature maps [B, C, H, W].
-        beta: weight of the attention term (the loss adds beta / 2 times the sum over pairs).
+        beta: weight of the attention term (the sum over layer pairs).
         p: exponent of the attention map.
         alpha, temperature: weight of an optional KD term (0 disables it) and its temperature.
     """
@@ -62,6 +63,15 @@ class AttentionTransfer(DistillationMethod):
     def student_taps(self) -> list[str]:
         return self.student_layers
 
+    def recipe_problems(self, *, teacher_shapes, student_shapes, max_epochs) -> list[str]:
+        shapes = [("teacher", p, teacher_shapes[p]) for p in self.teacher_layers]
+        shapes += [("student", p, student_shapes[p]) for p in self.student_layers]
+        return [
+            f"attention-transfer needs [B, C, H, W] feature maps, but the {role} layer '{path}' gives {tuple(shape)}."
+            for role, path, shape in shapes
+            if len(shape) != 4
+        ]
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         signal = teacher_signal(self, batch, taps=self.teacher_layers)
         with capture_features(self.student, self.student_layers) as student_features:
@@ -70,10 +80,12 @@ class AttentionTransfer(DistillationMethod):
             attention_transfer_loss(student_features[s], signal.features[t], p=self.p)
             for s, t in zip(self.student_layers, self.teacher_layers)
         )
-        loss = F.cross_entropy(student_logits.float(), batch["y"]) + self.beta / 2 * at
         if self.alpha > 0:
             soft = kd_kl(student_logits, signal.logits, temperature=self.temperature)
-            loss = (1 - self.alpha) * loss + self.alpha * soft
+            task = mix_with_ce(soft, student_logits, batch["y"], alpha=self.alpha)
+        else:
+            task = F.cross_entropy(student_logits.float(), batch["y"])
+        loss = task + self.beta * at
         size = batch["y"].shape[0]
         self.log("train/at", at, on_step=False, on_epoch=True, batch_size=size)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=size)

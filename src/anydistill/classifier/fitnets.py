@@ -82,6 +82,19 @@ class FitNets(DistillationMethod):
     def student_taps(self) -> list[str]:
         return [self.guided_layer]
 
+    def recipe_problems(self, *, teacher_shapes, student_shapes, max_epochs) -> list[str]:
+        problems = []
+        try:
+            build_regressor(student_shapes[self.guided_layer], teacher_shapes[self.hint_layer])
+        except ValueError as error:
+            problems.append(str(error))
+        if self.hint_epochs >= max_epochs:
+            problems.append(
+                f"fitnets' hint_epochs ({self.hint_epochs}) must be below trainer.max_epochs ({max_epochs}): "
+                f"stage 2 (knowledge distillation of the whole student) would never run."
+            )
+        return problems
+
     def setup(self, stage: str) -> None:
         if self.regressor is not None:
             return

@@ -51,6 +51,13 @@ class DistillationMethod(L.LightningModule):
         """Module paths of the student whose outputs the method reads."""
         return []
 
+    def recipe_problems(
+        self, *, teacher_shapes: dict[str, torch.Size], student_shapes: dict[str, torch.Size], max_epochs: int
+    ) -> list[str]:
+        """Problems a recipe can only show once the models exist: the shapes of the tapped outputs
+        (from one dry forward at validation) and the schedule. One line each; none by default."""
+        return []
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The student's forward pass."""
         return self.student(x)
@@ -64,7 +71,11 @@ class DistillationMethod(L.LightningModule):
 
     def on_before_backward(self, loss: torch.Tensor) -> None:
         # Stop before a non-finite loss reaches the weights: the last checkpoint stays the good one.
-        if not torch.isfinite(loss):
+        # Under DDP every rank takes the same decision, or the healthy ones would wait forever.
+        finite = bool(torch.isfinite(loss))
+        if self.trainer.world_size > 1:
+            finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if not finite:
             raise TrainingError(
                 f"The training loss became {loss.item()} at step {self.global_step} (epoch {self.current_epoch}); "
                 f"lower optimizer.lr (now {self.optimizer_spec.lr}) or set trainer.gradient_clip_val, then resume."

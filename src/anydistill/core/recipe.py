@@ -21,8 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from anydistill.core.errors import RecipeError
 
 # Constrained types for method signatures: a recipe value outside the range is a validation error.
-PositiveFloat = Annotated[float, Field(gt=0)]
-NonNegativeFloat = Annotated[float, Field(ge=0)]
+PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+NonNegativeFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 Fraction = Annotated[float, Field(ge=0, le=1)]
 PositiveInt = Annotated[int, Field(ge=1)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
@@ -53,8 +53,9 @@ class TrainerSpec(_Section):
     num_nodes: int = Field(default=1, ge=1)
     precision: Literal["32-true", "16-mixed", "bf16-mixed", "bf16-true"] = "32-true"
     accumulate_grad_batches: int = Field(default=1, ge=1)
-    gradient_clip_val: float | None = Field(default=None, gt=0)
-    limit_train_batches: int | float | None = None
+    gradient_clip_val: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    # A number of batches (int >= 1) or a fraction of the epoch (float in (0, 1]).
+    limit_train_batches: Annotated[int, Field(ge=1)] | Annotated[float, Field(gt=0, le=1)] | None = None
     log_every_n_steps: int = Field(default=50, ge=1)
     deterministic: bool = False
     progress_bar: bool = True
@@ -65,8 +66,8 @@ class OptimizerSpec(_Section):
     """The student's optimizer and learning-rate schedule (shared by every method of a recipe)."""
 
     name: Literal["sgd", "adam", "adamw"] = "adam"
-    lr: float = Field(default=1e-3, gt=0)
-    weight_decay: float = Field(default=0.0, ge=0)
+    lr: float = Field(default=1e-3, gt=0, allow_inf_nan=False)
+    weight_decay: float = Field(default=0.0, ge=0, allow_inf_nan=False)
     momentum: float = Field(default=0.9, ge=0, lt=1)
     schedule: Literal["constant", "cosine", "step"] = "cosine"
     step_milestones: list[float] = Field(default_factory=lambda: [0.5, 0.75])
@@ -85,7 +86,7 @@ class RecipeFile(_Section):
     """The top level of a recipe. Component sections hold a registry `name` plus its parameters."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=2**32 - 1)
     data: dict[str, Any]
     student: dict[str, Any] | None = None
     teacher: dict[str, Any] | None = None
@@ -169,7 +170,10 @@ def validate_kwargs(
     Returns:
         (validated kwargs with defaults filled, problems); problems is empty when valid.
     """
-    fields = parameters_of(fn, injected)
+    try:
+        fields = parameters_of(fn, injected)
+    except (TypeError, ValueError, NameError) as error:
+        return {}, [f"{where}: {owner} has no usable signature ({error}); name a class or function with typed parameters."]
     model = pydantic.create_model(  # type: ignore[call-overload]
         f"Params_{owner}", __config__=ConfigDict(extra="forbid", strict=True, arbitrary_types_allowed=True), **fields
     )

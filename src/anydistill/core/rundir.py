@@ -53,6 +53,8 @@ class RunDir:
                     f"{path} already exists and is never overwritten: pick another name with --name, "
                     f"or continue it with `anydistill run --resume {path}`."
                 ) from None
+            except (NotADirectoryError, PermissionError) as error:
+                raise RunDirError(f"cannot create the run directory {path} ({error.strerror}); choose another --runs root.") from None
         return cls(path)
 
     @classmethod
@@ -74,9 +76,6 @@ class RunDir:
     def write_config(self, resolved: dict[str, Any]) -> None:
         write_atomic(self.path / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
 
-    def read_config(self) -> dict[str, Any]:
-        return yaml.safe_load((self.path / "config.yaml").read_text())
-
     def write_json(self, name: str, payload: dict[str, Any]) -> None:
         write_atomic(self.path / name, json.dumps(payload, indent=2) + "\n")
 
@@ -85,6 +84,9 @@ class RunDir:
         if not file.is_file():
             return {}
         try:
-            return json.loads(file.read_text())
-        except ValueError:
-            raise RunDirError(f"{file} is corrupt: delete it to re-evaluate every model on resume.") from None
+            metrics = json.loads(file.read_text())
+        except (ValueError, UnicodeDecodeError):
+            metrics = None
+        if not isinstance(metrics, dict) or not all(isinstance(v, dict) for v in metrics.values()):
+            raise RunDirError(f"{file} is corrupt: delete it to re-evaluate every model on resume.")
+        return metrics

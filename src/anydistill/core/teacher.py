@@ -44,6 +44,11 @@ class Teacher:
     def __call__(self, x: torch.Tensor, taps: Sequence[str] = ()) -> TeacherOutput:
         """Forward ``x`` [B, ...] under ``no_grad``; ``taps`` are module paths whose outputs to keep."""
         self.model.eval()  # a user may have flipped it; a teacher's dropout/BN must stay frozen
+        reference = next(self.model.parameters(), None)
+        if reference is not None:
+            # The batch may arrive on another device (a FitNets set-up pass, evaluation on CPU) or in
+            # another precision (bf16-true training); the frozen teacher keeps its own.
+            x = x.to(reference.device, reference.dtype if x.is_floating_point() else x.dtype)
         with capture_features(self.model, taps) as features:
             logits = self.model(x)
         return TeacherOutput(logits=logits, features=dict(features))

@@ -82,10 +82,10 @@ def _read_config(run_dir: Path) -> tuple[str, dict]:
             f"{run_dir} has no config.yaml: it is not a run directory written by `anydistill run` "
             "(expected config.yaml and metrics.json); pass the run's own directory, e.g. runs/<name>"
         )
-    text = path.read_text(encoding="utf-8")
     try:
+        text = path.read_text(encoding="utf-8")
         config = yaml.safe_load(text)
-    except yaml.YAMLError as err:
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise ReportError(
             f"{path} is not valid YAML ({_one_line(err)}): restore it, or rerun the recipe with `anydistill run`"
         ) from err

@@ -126,6 +126,11 @@ class TensorClassificationData(L.LightningDataModule):
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.signals: dict[str, torch.Tensor] = {}
 
+    @property
+    def inputs_vary_per_epoch(self) -> bool:
+        """Whether a training row's input changes between epochs (then no signal cache can be valid)."""
+        return self.augment
+
     def load_splits(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """``{"train": (x, y), "val": ..., "test": ...}`` with x float32 [N, *input_shape], y int64 [N]."""
         raise NotImplementedError
