@@ -87,8 +87,8 @@ class AttentionTransfer(DistillationMethod):
             task = F.cross_entropy(student_logits.float(), batch["y"])
         loss = task + self.beta * at
         size = batch["y"].shape[0]
-        self.log("train/at", at, on_step=False, on_epoch=True, batch_size=size)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=size)
+        self.log_train("train/at", at, size)
+        self.log_train("train/loss", loss, size, prog_bar=True)
         return loss
 
     validation_step = classifier_validation_step

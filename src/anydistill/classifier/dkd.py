@@ -51,8 +51,8 @@ class DKD(DistillationMethod):
         )
         loss = F.cross_entropy(student_logits.float(), batch["y"]) + warmup * decoupled
         size = batch["y"].shape[0]
-        self.log("train/dkd", decoupled, on_step=False, on_epoch=True, batch_size=size)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=size)
+        self.log_train("train/dkd", decoupled, size)
+        self.log_train("train/loss", loss, size, prog_bar=True)
         return loss
 
     validation_step = classifier_validation_step

@@ -117,13 +117,13 @@ class FitNets(DistillationMethod):
             with capture_features(self.student, [self.guided_layer]) as guided:
                 self.student(batch["x"])
             loss = hint_loss(self.regressor(guided[self.guided_layer]), signal.features[self.hint_layer])
-            self.log("train/hint", loss, on_step=False, on_epoch=True, batch_size=size)
+            self.log_train("train/hint", loss, size)
         else:
             student_logits = self.student(batch["x"])
             soft = kd_kl(student_logits, teacher_signal(self, batch).logits, temperature=self.temperature, scale_by_t2=False)
             loss = F.cross_entropy(student_logits.float(), batch["y"]) + self.kd_weight() * soft
-            self.log("train/kd", soft, on_step=False, on_epoch=True, batch_size=size)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=size)
+            self.log_train("train/kd", soft, size)
+        self.log_train("train/loss", loss, size, prog_bar=True)
         return loss
 
     validation_step = classifier_validation_step

@@ -44,8 +44,8 @@ class KD(DistillationMethod):
         soft = kd_kl(student_logits, teacher_logits, temperature=self.temperature)
         loss = mix_with_ce(soft, student_logits, batch["y"], alpha=self.alpha)
         size = batch["y"].shape[0]
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=size)
-        self.log("train/kd", soft, on_step=False, on_epoch=True, batch_size=size)
+        self.log_train("train/loss", loss, size, prog_bar=True)
+        self.log_train("train/kd", soft, size)
         return loss
 
     validation_step = classifier_validation_step

@@ -15,7 +15,7 @@ from anydistill.core.method import DistillationMethod
 
 def _cross_entropy_step(method: DistillationMethod, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     loss = F.cross_entropy(method.student(batch["x"]).float(), batch["y"])
-    method.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=batch["y"].shape[0])
+    method.log_train("train/loss", loss, batch["y"].shape[0], prog_bar=True)
     return loss
 
 

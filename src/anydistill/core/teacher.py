@@ -43,7 +43,8 @@ class Teacher:
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, taps: Sequence[str] = ()) -> TeacherOutput:
         """Forward ``x`` [B, ...] under ``no_grad``; ``taps`` are module paths whose outputs to keep."""
-        self.model.eval()  # a user may have flipped it; a teacher's dropout/BN must stay frozen
+        if self.model.training:  # a user may have flipped it; a teacher's dropout/BN must stay frozen
+            self.model.eval()
         reference = next(self.model.parameters(), None)
         if reference is not None:
             # The batch may arrive on another device (a FitNets set-up pass, evaluation on CPU) or in
