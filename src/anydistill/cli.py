@@ -49,9 +49,14 @@ def command_run(args: argparse.Namespace) -> int:
         recipe = load_recipe(args.recipe, args.set)
         root = Path(args.runs)
         name = args.name or recipe.name
-        # A distributed launch starts every rank with the same command; only rank 0 picks the name.
-        if args.name is None and "RANK" not in os.environ and "LOCAL_RANK" not in os.environ:
+        # Lightning's own DDP launcher re-runs this command for ranks > 0 with our environment:
+        # they take the name rank 0 chose. Under torchrun all ranks start at once and keep the
+        # recipe's name (if it is taken, rank 0 stops and torchrun stops the others).
+        if "ANYDISTILL_RUN_NAME" in os.environ:
+            name = os.environ["ANYDISTILL_RUN_NAME"]
+        elif args.name is None and "RANK" not in os.environ and "LOCAL_RANK" not in os.environ:
             name = _unique_name(root, name)
+        os.environ["ANYDISTILL_RUN_NAME"] = name
         run_dir = RunDir.create(root, name, is_main_process=is_main_process())
     metrics = run_recipe(recipe, run_dir, resume=bool(args.resume))
     if is_main_process():

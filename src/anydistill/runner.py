@@ -69,7 +69,8 @@ def build_teacher(recipe: Recipe, teacher_model: torch.nn.Module | None) -> Teac
         return None
     if recipe.teacher_checkpoint:  # validated by load_recipe, which loaded it once already
         load_teacher_weights(teacher_model, recipe.teacher_checkpoint, recipe.teacher.name)
-    return Teacher(teacher_model, name=recipe.teacher.name)
+    spec = {k: v for k, v in recipe.resolved["teacher"].items() if k != "checkpoint"}  # weights are hashed anyway
+    return Teacher(teacher_model, name=recipe.teacher.name, spec=json.dumps(spec, sort_keys=True))
 
 
 def make_trainer(recipe: Recipe, run_dir: RunDir, label: str) -> L.Trainer:

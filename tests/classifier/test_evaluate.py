@@ -69,7 +69,7 @@ def test_evaluate_classifier_perfect_model():
     x = 10.0 * torch.nn.functional.one_hot(y, classes).float()
     model = _Oracle(classes).train()
     metrics = evaluate_classifier(model, x, y, teacher_predictions=y.clone())
-    assert set(metrics) == {"accuracy", "ece", "params", "latency_ms", "teacher_agreement"}
+    assert set(metrics) == {"accuracy", "ece", "params", "latency_ms", "teacher_agreement", "threads"}
     assert metrics["accuracy"] == 1.0
     assert metrics["teacher_agreement"] == 1.0
     assert metrics["params"] == classes * classes + classes

@@ -56,7 +56,7 @@ def evaluate_classifier(
     """Test metrics of ``model`` on ``x`` [N, ...], ``y`` [N].
 
     Returns:
-        accuracy, ece, params, latency_ms (per batch of 256 on this machine) and, when
+        accuracy, ece, params, latency_ms (per batch of 256 on this machine), threads and, when
         ``teacher_predictions`` [N] is given, teacher_agreement (fraction of equal argmax).
     """
     model = model.cpu()
@@ -67,6 +67,7 @@ def evaluate_classifier(
         "ece": expected_calibration_error(logits.softmax(-1), y),
         "params": sum(p.numel() for p in model.parameters()),
         "latency_ms": latency_ms(model, x),
+        "threads": torch.get_num_threads(),  # latency depends on it (torchrun sets 1 per process)
     }
     if teacher_predictions is not None:
         metrics["teacher_agreement"] = float((predictions == teacher_predictions).float().mean())

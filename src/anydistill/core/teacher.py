@@ -29,11 +29,14 @@ class Teacher:
     Args:
         model: the teacher network; it is put in eval mode and its parameters stop requiring grad.
         name: how reports and the cache manifest name it.
+        spec: how the model was built (e.g. its recipe section), part of the fingerprint: two
+            builds with equal weights but different options must not share a signal cache.
     """
 
-    def __init__(self, model: nn.Module, name: str = "teacher"):
+    def __init__(self, model: nn.Module, name: str = "teacher", spec: str = ""):
         self.model = model.eval().requires_grad_(False)
         self.name = name
+        self.spec = spec
 
     def to(self, device: torch.device | str) -> Teacher:
         """Move the teacher to ``device`` (kept in eval mode)."""
@@ -60,7 +63,7 @@ class Teacher:
         Computed afresh on each call (milliseconds for small teachers), so that in-place weight
         changes can never leave a stale cache looking valid.
         """
-        digest = hashlib.sha256(self.model.__class__.__qualname__.encode())
+        digest = hashlib.sha256(f"{self.model.__class__.__qualname__}|{self.spec}".encode())
         for name, tensor in self.model.state_dict().items():
             t = tensor.detach().cpu().contiguous()
             digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())

@@ -24,7 +24,7 @@ MISSING = "—"
 KNOWN_ORDER = ("accuracy", "ece", "params", "latency_ms", "teacher_agreement")
 
 # Numbers about how a model was run, not how good it is: kept in metrics.json, not in tables.
-NOT_METRICS = frozenset({"world_size"})
+NOT_METRICS = frozenset({"world_size", "threads"})
 
 # Fractions in 0..1 that read best as percentages.
 PERCENT_KEYS = frozenset({"accuracy", "teacher_agreement", "val_accuracy"})
