@@ -99,7 +99,8 @@ class DistillationMethod(L.LightningModule):
         if not finite:
             raise TrainingError(
                 f"The training loss became {loss.item()} at step {self.global_step} (epoch {self.current_epoch}); "
-                f"lower optimizer.lr (now {self.optimizer_spec.lr}) or set trainer.gradient_clip_val, then resume."
+                f"run the recipe again with a lower optimizer.lr (now {self.optimizer_spec.lr}) or with "
+                f"trainer.gradient_clip_val set (models that finished are kept in this run directory)."
             )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -110,6 +111,7 @@ class DistillationMethod(L.LightningModule):
             "torch": torch.get_rng_state(),
             "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss],
             "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -119,3 +121,5 @@ class DistillationMethod(L.LightningModule):
             kind, keys, position, has_gauss, gauss = state["numpy"]
             np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
             random.setstate(state["python"])
+            if state.get("cuda") and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(state["cuda"])
