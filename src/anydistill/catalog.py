@@ -8,6 +8,7 @@ imported before; users add their own with ``METHODS.register("name")`` or name a
 from __future__ import annotations
 
 import importlib.resources
+import importlib.util
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from anydistill.core.errors import RecipeError
+from anydistill.core.errors import MissingPackageError, RecipeError
 from anydistill.core.recipe import (
     CacheSpec,
     OptimizerSpec,
@@ -163,11 +164,10 @@ def _check_trainer(spec: TrainerSpec, problems: list[str]) -> None:
     """Let Lightning refuse what it cannot run here (a missing GPU, an uninstalled strategy)."""
     import lightning as L
 
+    if spec.tensorboard and not any(importlib.util.find_spec(m) for m in ("tensorboard", "tensorboardX")):
+        problems.append(f"trainer.tensorboard: {MissingPackageError('tensorboard', 'tensorboard', 'trainer.tensorboard: true')}")
     try:
-        L.Trainer(
-            accelerator=spec.accelerator, devices=spec.devices, num_nodes=spec.num_nodes, strategy=spec.strategy,
-            precision=spec.precision, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        )
+        L.Trainer(**spec.hardware(), logger=False, enable_checkpointing=False, enable_progress_bar=False)
     except Exception as error:  # Lightning raises several types; each is a recipe problem here
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         problems.append(f"trainer: Lightning cannot run these settings here: {first}")

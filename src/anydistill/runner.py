@@ -4,7 +4,6 @@ evaluate every model with the same evaluator, and write the run directory and it
 from __future__ import annotations
 
 import csv
-import importlib.util
 import io
 import json
 import os
@@ -26,7 +25,6 @@ from anydistill import __version__
 from anydistill.catalog import Recipe, build_models, load_teacher_weights
 from anydistill.classifier.evaluate import evaluate_classifier, predict_logits
 from anydistill.core.cache import open_or_build_cache
-from anydistill.core.errors import MissingPackageError
 from anydistill.core.method import DistillationMethod
 from anydistill.core.rundir import RunDir, write_atomic
 from anydistill.core.teacher import Teacher
@@ -79,18 +77,12 @@ def make_trainer(recipe: Recipe, run_dir: RunDir, label: str) -> L.Trainer:
     checkpoints = ModelCheckpoint(dirpath=run_dir.checkpoint_dir(label), filename="{epoch}", save_last=True,
                                   save_top_k=1, every_n_epochs=1, save_on_train_epoch_end=True)
     loggers: list[Logger] = [CSVLogger(run_dir.path / "logs", name=label, version="")]
-    if spec.tensorboard:
-        if not any(importlib.util.find_spec(m) for m in ("tensorboard", "tensorboardX")):
-            raise MissingPackageError("tensorboard", "tensorboard", "trainer.tensorboard: true")
+    if spec.tensorboard:  # load_recipe checked that a TensorBoard writer is installed
         loggers.append(TensorBoardLogger(run_dir.path / "logs", name=label, version="tensorboard"))
     return L.Trainer(
+        **spec.hardware(),
         max_epochs=spec.max_epochs,
         max_steps=spec.max_steps,
-        accelerator=spec.accelerator,
-        devices=spec.devices,
-        num_nodes=spec.num_nodes,
-        strategy=spec.strategy,
-        precision=spec.precision,
         accumulate_grad_batches=spec.accumulate_grad_batches,
         gradient_clip_val=spec.gradient_clip_val,
         limit_train_batches=spec.limit_train_batches,

@@ -61,6 +61,11 @@ class TrainerSpec(_Section):
     progress_bar: bool = True
     tensorboard: bool = False
 
+    def hardware(self) -> dict[str, Any]:
+        """The `lightning.Trainer` arguments that say where and in what precision to run."""
+        return {"accelerator": self.accelerator, "devices": self.devices, "num_nodes": self.num_nodes,
+                "strategy": self.strategy, "precision": self.precision}
+
 
 class OptimizerSpec(_Section):
     """The student's optimizer and learning-rate schedule (shared by every method of a recipe)."""
