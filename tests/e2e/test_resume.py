@@ -5,6 +5,7 @@ The teacher is the seeded, untrained `small-cnn`: what matters here is that ever
 
 from __future__ import annotations
 
+import csv
 import os
 import signal
 import subprocess
@@ -48,6 +49,11 @@ def test_kill_and_resume_reproduces_the_uninterrupted_weights(tmp_path) -> None:
 
     resumed = anydistill("run", "--resume", str(run), cwd=tmp_path, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+    # The learning curve survives the interruption: every epoch has its training loss once.
+    with (run / "logs" / "kd" / "metrics.csv").open() as handle:
+        epochs = [int(row["epoch"]) for row in csv.DictReader(handle) if row.get("train/loss_epoch")]
+    assert epochs == list(range(12))
 
     whole = load_file(str(tmp_path / "runs" / "whole" / "checkpoints" / "kd" / "model.safetensors"))
     cut = load_file(str(run / "checkpoints" / "kd" / "model.safetensors"))
