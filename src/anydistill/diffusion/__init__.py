@@ -1,0 +1,1 @@
+"""Diffusion and flow generators: noise schedules, time samplers and step-distillation methods."""
