@@ -1,0 +1,1 @@
+"""Dataset distillation: synthetic-set models, differentiable siamese augmentation and methods."""
