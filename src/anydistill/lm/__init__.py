@@ -1,0 +1,1 @@
+"""Language-model distillation: token-level losses over [B, L, V] logits, sparse top-k teachers."""
