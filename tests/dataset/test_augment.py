@@ -88,8 +88,10 @@ IDENTITY = {
 def test_zero_magnitude_params_are_the_identity(op, align_corners):
     ops = tuple(IDENTITY) if op == "all" else (op,)
     params = AugmentParams(ops=ops, image_size=(16, 12), **{k: IDENTITY[k] for k in ops})
-    x = torch.randn(3, 3, 16, 12)
-    torch.testing.assert_close(SiameseAugment(align_corners=align_corners).apply(x, params), x, rtol=0, atol=1e-5)
+    x = torch.randn(3, 3, 16, 12, generator=torch.Generator().manual_seed(0))
+    # Chaining every transform resamples the image several times in fp32: errors add up to ~1e-5.
+    tolerance = 1e-4 if op == "all" else 1e-5
+    torch.testing.assert_close(SiameseAugment(align_corners=align_corners).apply(x, params), x, rtol=0, atol=tolerance)
 
 
 def test_zero_magnitude_settings_are_the_identity():
