@@ -421,7 +421,12 @@ def ict_huber_c(num_elements: int) -> float:
     "Improved Techniques for Training Consistency Models", Sec. 3.3): ``c = 0.00054 sqrt(d)``
     for ``d`` elements per example (0.03 on CIFAR-10)."""
     if not _is_count(num_elements):
-        _raise([f"The 'num_elements' argument of ict_huber_c must be an int >= 1. Got {num_elements!r}."])
+        _raise(
+            [
+                "The 'num_elements' argument of ict_huber_c must be an int >= 1. "
+                f"Got {num_elements!r}."
+            ]
+        )
     return ICT_HUBER_SCALE * math.sqrt(num_elements)
 
 
@@ -512,7 +517,8 @@ def dmd_gradient(
         x0_fake = fake_score_x0_fn(x_t, t).to(dtype)
         x = x.to(dtype)
         dims = tuple(range(1, x.ndim))
-        normaliser = (x - x0_real).abs().mean(dim=dims, keepdim=True) if dims else (x - x0_real).abs()
+        distance = (x - x0_real).abs()
+        normaliser = distance.mean(dim=dims, keepdim=True) if dims else distance
         return torch.nan_to_num((x0_fake - x0_real) / normaliser)
 
 
@@ -603,7 +609,9 @@ def rectified_flow_loss(
     problems += _choice_problems(loss, RF_LOSSES, "loss", name)
     problems += _choice_problems(weighting, RF_WEIGHTINGS, "weighting", name)
     if huber_c is not None and not (_is_number(huber_c) and huber_c > 0):
-        problems.append(f"The 'huber_c' argument of {name} must be a float > 0 or None. Got {huber_c!r}.")
+        problems.append(
+            f"The 'huber_c' argument of {name} must be a float > 0 or None. Got {huber_c!r}."
+        )
     if x0.ndim == 0:
         problems.append(f"{name} needs tensors [B, ...] with a batch dimension. Got 0-dim.")
     _raise(problems)
@@ -612,7 +620,8 @@ def rectified_flow_loss(
     target = noise.to(dtype) - x0.to(dtype)
     d = max(x0[0].numel(), 1) if x0.shape[0] else 1
     if loss == "l2":
-        per_example = (model_velocity.to(dtype) - target).pow(2).reshape(x0.shape[0], -1).mean(dim=1)
+        squared = (model_velocity.to(dtype) - target).pow(2)
+        per_example = squared.reshape(x0.shape[0], -1).mean(dim=1)
     else:
         c = ICT_HUBER_SCALE * d if huber_c is None else huber_c
         per_example = pseudo_huber(model_velocity.to(dtype), target, c) / d
