@@ -22,7 +22,6 @@ from anydistill.core.errors import MissingPackageError, RecipeError
 from anydistill.core.recipe import (
     CacheSpec,
     OptimizerSpec,
-    RecipeFile,
     TrainerSpec,
     parse_recipe_file,
     read_yaml,

@@ -6,11 +6,12 @@ these losses own the loss weights, the regressors and any warm-up schedule.
 """
 
 import math
-import numbers
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from anydistill.core.checks import is_finite_number, raise_problems
 
 
 def hint_loss(student_regressed: Tensor, teacher_hint: Tensor) -> Tensor:
@@ -64,7 +65,7 @@ def attention_map(features: Tensor, *, p: float = 2) -> Tensor:
     Returns:
         ``[B, H*W]``, each row of unit L2 norm.
     """
-    _raise(_feature_problems("attention_map", "features", features) + _p_problems("attention_map", p))
+    raise_problems(_feature_problems("attention_map", "features", features) + _p_problems("attention_map", p))
     return F.normalize(_upcast(features).abs().pow(p).mean(1).flatten(1), dim=1)
 
 
@@ -109,7 +110,7 @@ def attention_transfer_loss(student_features: Tensor, teacher_features: Tensor, 
             f"The 'student_features' and 'teacher_features' arguments of {func} must have the same "
             f"batch size. Got {student_features.shape[0]} and {teacher_features.shape[0]}."
         )
-    _raise(problems)
+    raise_problems(problems)
     f_s = _upcast(student_features)
     f_t = _upcast(teacher_features.detach())
     size = (min(f_s.shape[2], f_t.shape[2]), min(f_s.shape[3], f_t.shape[3]))
@@ -168,9 +169,9 @@ def dkd_loss(
     func = "dkd_loss"
     problems = []
     for name, value in (("alpha", alpha), ("beta", beta)):
-        if not (_is_number(value) and value >= 0):
+        if not (is_finite_number(value) and value >= 0):
             problems.append(f"The '{name}' argument of {func} must be a finite number >= 0. Got {value!r}.")
-    if not (_is_number(temperature) and temperature > 0):
+    if not (is_finite_number(temperature) and temperature > 0):
         problems.append(
             f"The 'temperature' argument of {func} must be a finite number > 0. Got {temperature!r}."
         )
@@ -185,7 +186,7 @@ def dkd_loss(
             f"The 'labels' argument of {func} must hold integer classes, shape [B] = "
             f"[{student_logits.shape[0]}]. Got shape {tuple(labels.shape)}, dtype {labels.dtype}."
         )
-    _raise(problems)
+    raise_problems(problems)
 
     batch_size, num_classes = student_logits.shape
     z_s = _upcast(student_logits) / temperature
@@ -221,10 +222,6 @@ def _upcast(x: Tensor) -> Tensor:
     return x if x.dtype == torch.float64 else x.float()
 
 
-def _is_number(x: object) -> bool:
-    return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
-
-
 def _feature_problems(func: str, name: str, features: Tensor) -> list[str]:
     if features.ndim == 4:
         return []
@@ -235,11 +232,8 @@ def _feature_problems(func: str, name: str, features: Tensor) -> list[str]:
 
 
 def _p_problems(func: str, p: object) -> list[str]:
-    if _is_number(p) and p > 0:
+    if is_finite_number(p) and p > 0:
         return []
     return [f"The 'p' argument of {func} must be a finite number > 0. Got {p!r}."]
 
 
-def _raise(problems: list[str]) -> None:
-    if problems:
-        raise ValueError("\n".join(problems))

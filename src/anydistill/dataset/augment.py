@@ -79,13 +79,14 @@ rotate. ``SiameseAugment(align_corners=...)`` selects which; the default is ``Fa
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from anydistill.core.checks import as_image_size, is_finite_number, is_int
 
 #: The official strategy groups and the transforms each applies, in order.
 GROUPS: dict[str, tuple[str, ...]] = {
@@ -200,7 +201,7 @@ class SiameseAugment:
             ("contrast", contrast, 0.0, math.inf),
             ("crop", crop, 0.0, 1.0), ("cutout", cutout, 0.0, 1.0), ("flip", flip, 0.0, 1.0),
         ):
-            if not _is_real(value) or not low <= value <= high:
+            if not is_finite_number(value) or not low <= value <= high:
                 bound = f">= {low:g}" if high == math.inf else f"in [{low:g}, {high:g}]"
                 problems.append(
                     f"The '{name}' parameter of SiameseAugment must be a finite float {bound}. Got {value!r}."
@@ -241,8 +242,8 @@ class SiameseAugment:
             drawn first, then the parameters of its transforms in order; in multiple mode those of
             every group in order.
         """
-        size, problems = _image_size(image_size), []
-        if not _is_int(batch_size) or batch_size < 1:
+        size, problems = as_image_size(image_size), []
+        if not is_int(batch_size) or batch_size < 1:
             problems.append(f"The 'batch_size' argument of SiameseAugment.sample must be an int >= 1. Got {batch_size!r}.")
         if size is None:
             problems.append(
@@ -395,19 +396,4 @@ def _split(strategy: str) -> tuple[str, ...]:
         return ()
     return tuple(strategy.split("_"))
 
-
-def _image_size(value: object) -> tuple[int, int] | None:
-    if _is_int(value):
-        value = (value, value)
-    if isinstance(value, (tuple, list, torch.Size)) and len(value) == 2 and all(_is_int(v) and v >= 1 for v in value):
-        return (int(value[0]), int(value[1]))
-    return None
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_real(value: object) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 

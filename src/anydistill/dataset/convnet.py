@@ -29,6 +29,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from anydistill.core.checks import as_image_size, is_int
+
 Norm = Literal["instancenorm", "batchnorm", "none"]
 Pooling = Literal["avgpool", "maxpool"]
 Activation = Literal["relu", "leakyrelu", "sigmoid", "swish"]
@@ -138,9 +140,9 @@ def convnet(
     problems = [
         f"The '{name}' parameter of convnet must be an int >= 1. Got {value!r}."
         for name, value in (("channels", channels), ("num_classes", num_classes), ("width", width), ("depth", depth))
-        if not _is_int(value) or value < 1
+        if not is_int(value) or value < 1
     ]
-    size = _image_size(image_size)
+    size = as_image_size(image_size)
     if size is None:
         problems.append(
             f"The 'image_size' parameter of convnet must be an int >= 1 or a pair (H, W) of them. Got {image_size!r}."
@@ -152,12 +154,12 @@ def convnet(
             problems.append(
                 f"The '{name}' parameter of convnet must be one of {', '.join(map(repr, allowed))}. Got {value!r}."
             )
-    if first_padding is not None and (not _is_int(first_padding) or first_padding < 0):
+    if first_padding is not None and (not is_int(first_padding) or first_padding < 0):
         problems.append(f"The 'first_padding' parameter of convnet must be an int >= 0 or None. Got {first_padding!r}.")
         first_padding = 1
     if first_padding is None:
         first_padding = 3 if channels == 1 else 1
-    if size is not None and _is_int(depth) and depth >= 1:
+    if size is not None and is_int(depth) and depth >= 1:
         fits = _max_depth(size, first_padding)
         if depth > fits:
             problems.append(
@@ -180,18 +182,6 @@ def _max_depth(size: tuple[int, int], first_padding: int) -> int:
         if height < 1 or breadth < 1:
             return depth
         depth, padding = depth + 1, 1
-
-
-def _image_size(value: object) -> tuple[int, int] | None:
-    if _is_int(value):
-        value = (value, value)
-    if isinstance(value, (tuple, list, torch.Size)) and len(value) == 2 and all(_is_int(v) and v >= 1 for v in value):
-        return (int(value[0]), int(value[1]))
-    return None
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def functional_forward(model: nn.Module, params: dict[str, Tensor], x: Tensor) -> Tensor:

@@ -55,7 +55,6 @@ setting with ``num_models = 5``.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -64,6 +63,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim import SGD
 
+from anydistill.core.checks import is_finite_number, is_int
 from anydistill.dataset.augment import SiameseAugment
 
 __all__ = ["EvalProtocol", "train_and_test", "evaluate_set", "gap_closed"]
@@ -102,13 +102,13 @@ class EvalProtocol:
         problems = []
         for name in ("epochs", "batch_size", "num_models"):
             value = getattr(self, name)
-            if not _is_int(value) or value < 1:
+            if not is_int(value) or value < 1:
                 problems.append(f"The '{name}' parameter of EvalProtocol must be an int >= 1. Got {value!r}.")
         for name, low, low_inclusive in (
             ("lr", 0.0, False), ("momentum", 0.0, True), ("weight_decay", 0.0, True), ("lr_decay", 0.0, False)
         ):
             value = getattr(self, name)
-            if not _is_real(value) or value < low or (value == low and not low_inclusive):
+            if not is_finite_number(value) or value < low or (value == low and not low_inclusive):
                 bound = f">= {low:g}" if low_inclusive else f"> {low:g}"
                 problems.append(f"The '{name}' parameter of EvalProtocol must be a finite float {bound}. Got {value!r}.")
         if self.dsa_strategy is not None:
@@ -242,9 +242,9 @@ def evaluate_set(
         raise ValueError(f"The 'protocol' argument of evaluate_set must be an EvalProtocol. Got {type(protocol).__name__}.")
     if seeds is None:
         seeds = list(range(count))
-    elif _is_int(seeds):
+    elif is_int(seeds):
         seeds = list(range(seeds, seeds + count))
-    elif isinstance(seeds, Sequence) and not isinstance(seeds, str) and len(seeds) > 0 and all(_is_int(s) for s in seeds):
+    elif isinstance(seeds, Sequence) and not isinstance(seeds, str) and len(seeds) > 0 and all(is_int(s) for s in seeds):
         seeds = list(seeds)
     else:
         raise ValueError(
@@ -272,7 +272,7 @@ def gap_closed(syn: float, random: float, full: float) -> float:
         ValueError: a non-finite score, or ``full == random`` (the gap is undefined).
     """
     scores = (("syn", syn), ("random", random), ("full", full))
-    bad = [f"'{name}' ({value!r})" for name, value in scores if not _is_real(value)]
+    bad = [f"'{name}' ({value!r})" for name, value in scores if not is_finite_number(value)]
     if bad:
         raise ValueError(f"gap_closed needs finite numbers; got {', '.join(bad)}.")
     if full == random:
@@ -354,9 +354,3 @@ def _is_int_labels(y: object) -> bool:
         and y.dtype != torch.bool
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_real(value: object) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)

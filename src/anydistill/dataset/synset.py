@@ -54,6 +54,7 @@ from safetensors.torch import save as save_safetensors
 from torch import Tensor, nn
 
 from anydistill import __version__
+from anydistill.core.checks import is_int
 from anydistill.core.errors import AnydistillError
 
 __all__ = ["SyntheticSet", "SynsetError", "LABEL_INIT_SCALE", "GRID_MAX_PER_CLASS"]
@@ -88,10 +89,6 @@ def _write_bytes_atomic(path: Path, data: bytes) -> None:
         raise
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 class SyntheticSet(nn.Module):
     """``num_classes * ipc`` learnable images with their labels and an optional learnable lr.
 
@@ -119,12 +116,12 @@ class SyntheticSet(nn.Module):
     ):
         super().__init__()
         problems = []
-        if not _is_int(num_classes) or num_classes < 1:
+        if not is_int(num_classes) or num_classes < 1:
             problems.append(f"The 'num_classes' parameter of SyntheticSet must be an int >= 1. Got {num_classes!r}.")
-        if not _is_int(ipc) or ipc < 1:
+        if not is_int(ipc) or ipc < 1:
             problems.append(f"The 'ipc' parameter of SyntheticSet must be an int >= 1. Got {ipc!r}.")
         shape = tuple(image_shape) if isinstance(image_shape, Sequence) and not isinstance(image_shape, str) else None
-        if shape is None or len(shape) != 3 or not all(_is_int(d) and d >= 1 for d in shape):
+        if shape is None or len(shape) != 3 or not all(is_int(d) and d >= 1 for d in shape):
             problems.append(f"The 'image_shape' parameter of SyntheticSet must be (C, H, W), three ints >= 1. Got {image_shape!r}.")
         if not isinstance(initial_lr, (int, float)) or isinstance(initial_lr, bool) or not (math.isfinite(initial_lr) and initial_lr > 0):
             problems.append(f"The 'initial_lr' parameter of SyntheticSet must be a float > 0. Got {initial_lr!r}.")
@@ -170,7 +167,7 @@ class SyntheticSet(nn.Module):
 
     def class_slice(self, c: int) -> slice:
         """The rows of class ``c``: ``images[class_slice(c)]`` is ``[ipc, C, H, W]``."""
-        if not _is_int(c) or not 0 <= c < self.num_classes:
+        if not is_int(c) or not 0 <= c < self.num_classes:
             raise IndexError(f"class_slice needs a class index in [0, {self.num_classes}). Got {c!r}.")
         return slice(c * self.ipc, (c + 1) * self.ipc)
 

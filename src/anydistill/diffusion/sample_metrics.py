@@ -23,12 +23,12 @@ Functions:
 
 from __future__ import annotations
 
-import math
-import numbers
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
+
+from anydistill.core.checks import is_finite_number, is_int, raise_problems
 
 # Rows per block when forming N x M distance matrices: bounds memory at about 16M float64 (128 MB).
 _BLOCK_ELEMENTS = 1 << 24
@@ -78,14 +78,14 @@ def sliced_wasserstein(
         :math:`SW_p \ge 0`.
     """
     problems = _check_pair("sliced_wasserstein", x, y, min_rows=1)
-    if not _is_int(num_projections) or num_projections < 1:
+    if not is_int(num_projections) or num_projections < 1:
         problems.append(
             "The 'num_projections' argument of sliced_wasserstein must be an int >= 1. "
             f"Got {num_projections!r}."
         )
     if p not in (1, 2) or isinstance(p, bool):
         problems.append(f"The 'p' argument of sliced_wasserstein must be 1 or 2. Got {p!r}.")
-    _raise(problems)
+    raise_problems(problems)
 
     if generator is None:
         generator = torch.Generator().manual_seed(0)
@@ -148,13 +148,13 @@ def mmd_rbf(
     if not (
         isinstance(bandwidths, tuple)
         and bandwidths
-        and all(_is_real(s) and s > 0 for s in bandwidths)
+        and all(is_finite_number(s) and s > 0 for s in bandwidths)
     ):
         problems.append(
             "The 'bandwidths' argument of mmd_rbf must be a non-empty sequence of numbers > 0. "
             f"Got {bandwidths!r}."
         )
-    _raise(problems)
+    raise_problems(problems)
 
     x, y = x.double(), y.double().to(x.device)
     gammas = [1.0 / (2.0 * float(s) ** 2) for s in bandwidths]
@@ -198,7 +198,7 @@ def energy_distance(x: Tensor, y: Tensor) -> float:
     Returns:
         :math:`\mathcal{E} \ge 0` (in the data's units, not squared).
     """
-    _raise(_check_pair("energy_distance", x, y, min_rows=1))
+    raise_problems(_check_pair("energy_distance", x, y, min_rows=1))
     x, y = x.double(), y.double().to(x.device)
 
     def mean_distance(a: Tensor, b: Tensor) -> Tensor:
@@ -238,15 +238,15 @@ def mode_coverage(
         ``N`` samples that are high-quality. A sample collapsed onto one mode gives ``(1/K, 1)``.
     """
     problems = _check_pair("mode_coverage", x, modes, min_rows=1, names=("x", "modes"))
-    if not (_is_real(std) and std > 0):
+    if not (is_finite_number(std) and std > 0):
         problems.append(f"The 'std' argument of mode_coverage must be a number > 0. Got {std!r}.")
-    if not (_is_real(k) and k > 0):
+    if not (is_finite_number(k) and k > 0):
         problems.append(f"The 'k' argument of mode_coverage must be a number > 0. Got {k!r}.")
-    if not _is_int(min_count) or min_count < 1:
+    if not is_int(min_count) or min_count < 1:
         problems.append(
             f"The 'min_count' argument of mode_coverage must be an int >= 1. Got {min_count!r}."
         )
-    _raise(problems)
+    raise_problems(problems)
 
     x, modes = x.double(), modes.double().to(x.device)
     dist, nearest = _nearest(x, modes)
@@ -285,7 +285,7 @@ def coupling_error(student_out: Tensor, teacher_out: Tensor) -> float:
             f"shape (pairs from the same noise). Got {tuple(student_out.shape)} and "
             f"{tuple(teacher_out.shape)}."
         )
-    _raise(problems)
+    raise_problems(problems)
     a = student_out.double().reshape(student_out.shape[0], -1)
     b = teacher_out.double().to(a.device).reshape(teacher_out.shape[0], -1)
     return float((a - b).norm(dim=1).mean())
@@ -344,7 +344,7 @@ def straightness(trajectory: Tensor, times: Tensor) -> float:
                 "The 'times' argument of straightness must be strictly increasing or strictly "
                 f"decreasing. Got {times.tolist()}."
             )
-    _raise(problems)
+    raise_problems(problems)
 
     x = trajectory.double().flatten(2)  # [T+1, N, D]
     t = times.double().to(x.device)
@@ -412,14 +412,3 @@ def _describe(t: object) -> str:
     return f"{type(t).__name__} {t!r}"[:120]
 
 
-def _is_int(v: object) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
-
-def _is_real(v: object) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _raise(problems: list[str]) -> None:
-    if problems:
-        raise ValueError("\n".join(problems))

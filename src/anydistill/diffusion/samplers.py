@@ -65,7 +65,6 @@ listed time): that comparison reads ``t`` on the host, one small device sync per
 
 from __future__ import annotations
 
-import difflib
 import math
 import numbers
 from abc import ABC, abstractmethod
@@ -75,6 +74,7 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor
 
+from anydistill.core.checks import choice_problems, is_finite_number, raise_problems
 from anydistill.diffusion.schedules import PREDICTION_KINDS, NoiseSchedule, PredictionKind
 
 Spacing = Literal["uniform", "karras"]
@@ -101,12 +101,12 @@ def time_grid(
     Returns:
         ``[num_steps + 1]``, float64, on the CPU, strictly decreasing, with exact end points.
     """
-    problems = _grid_problems(schedule, spacing, rho, t_start, "time_grid")
+    problems = grid_problems(schedule, spacing, rho, t_start, "time_grid")
     if not _is_count(num_steps):
         problems.append(
             f"The 'num_steps' argument of time_grid must be an int >= 1. Got {num_steps!r}."
         )
-    _raise(problems)
+    raise_problems(problems)
     hi = schedule.t_max if t_start is None else float(t_start)
     lo = float(schedule.t_min)
     frac = torch.arange(num_steps + 1, dtype=torch.float64) / num_steps
@@ -128,7 +128,7 @@ class Sampler(ABC):
 
     def __init__(self, schedule: NoiseSchedule):
         if not isinstance(schedule, NoiseSchedule):
-            _raise(
+            raise_problems(
                 [
                     f"The 'schedule' parameter of {type(self).__name__} must be a NoiseSchedule "
                     f"(e.g. RectifiedFlow()). Got {schedule!r}."
@@ -152,7 +152,7 @@ class Sampler(ABC):
             device: where `timesteps` is placed (float64, float32 on MPS); default the CPU.
         """
         if not _is_count(num_steps):
-            _raise(
+            raise_problems(
                 [
                     f"The 'num_steps' argument of {type(self).__name__}.set_timesteps must be an "
                     f"int >= 1. Got {num_steps!r}."
@@ -217,14 +217,7 @@ class Sampler(ABC):
                 f"of its grid (set_timesteps({self._num_steps})). Call set_timesteps again to "
                 "sample anew."
             )
-        problems = []
-        if kind not in PREDICTION_KINDS:
-            close = difflib.get_close_matches(str(kind), PREDICTION_KINDS, n=1, cutoff=0.5)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            problems.append(
-                f"The 'kind' argument of {name}.step must be one of "
-                f"{', '.join(repr(k) for k in PREDICTION_KINDS)}{hint}. Got {kind!r}."
-            )
+        problems = choice_problems(kind, PREDICTION_KINDS, name="kind", owner=f"{name}.step")
         if model_output.shape != x_t.shape:
             problems.append(
                 f"{name}.step needs model_output and x_t of the same shape. Got "
@@ -239,7 +232,7 @@ class Sampler(ABC):
                 f"{len(self._times)} on its grid; got t = {_short(given)}. Step through "
                 "sampler.timesteps in order, after set_timesteps."
             )
-        _raise(problems)
+        raise_problems(problems)
         x_next = self._step(index, model_output, x_t, kind, generator)
         self._step_index += 1
         return x_next
@@ -322,12 +315,12 @@ class DDIMSampler(Sampler):
         t_start: float | None = None,
     ):
         super().__init__(schedule)
-        problems = _grid_problems(schedule, spacing, rho, t_start, "DDIMSampler")
-        if not (_is_number(eta) and 0 <= eta <= 1):
+        problems = grid_problems(schedule, spacing, rho, t_start, "DDIMSampler")
+        if not (is_finite_number(eta) and 0 <= eta <= 1):
             problems.append(
                 f"The 'eta' parameter of DDIMSampler must be a float in [0, 1]. Got {eta!r}."
             )
-        _raise(problems)
+        raise_problems(problems)
         self.eta, self.spacing, self.rho, self.t_start = eta, spacing, rho, t_start
 
     def _build(self, num_steps):
@@ -378,7 +371,7 @@ class EulerSampler(Sampler):
         t_start: float | None = None,
     ):
         super().__init__(schedule)
-        _raise(_grid_problems(schedule, spacing, rho, t_start, "EulerSampler"))
+        raise_problems(grid_problems(schedule, spacing, rho, t_start, "EulerSampler"))
         self.spacing, self.rho, self.t_start = spacing, rho, t_start
 
     def _build(self, num_steps):
@@ -426,7 +419,7 @@ class HeunSampler(Sampler):
         t_start: float | None = None,
     ):
         super().__init__(schedule)
-        _raise(_grid_problems(schedule, spacing, rho, t_start, "HeunSampler"))
+        raise_problems(grid_problems(schedule, spacing, rho, t_start, "HeunSampler"))
         self.spacing, self.rho, self.t_start = spacing, rho, t_start
 
     def _build(self, num_steps):
@@ -525,9 +518,9 @@ class StochasticSampler(Sampler):
         t_start: float | None = None,
     ):
         super().__init__(schedule)
-        problems = _grid_problems(schedule, spacing, rho, t_start, "StochasticSampler")
+        problems = grid_problems(schedule, spacing, rho, t_start, "StochasticSampler")
         for name, value in (("s_churn", s_churn), ("s_noise", s_noise)):
-            if not (_is_number(value) and value >= 0):
+            if not (is_finite_number(value) and value >= 0):
                 problems.append(
                     f"The '{name}' parameter of StochasticSampler must be a float >= 0. "
                     f"Got {value!r}."
@@ -545,7 +538,7 @@ class StochasticSampler(Sampler):
                 "StochasticSampler needs s_tmin <= s_tmax. "
                 f"Got s_tmin={s_tmin!r}, s_tmax={s_tmax!r}."
             )
-        _raise(problems)
+        raise_problems(problems)
         self.s_churn, self.s_tmin, self.s_tmax, self.s_noise = s_churn, s_tmin, s_tmax, s_noise
         self.spacing, self.rho, self.t_start = spacing, rho, t_start
 
@@ -596,12 +589,12 @@ class OneStepSampler(Sampler):
 
     def __init__(self, schedule: NoiseSchedule, *, t_start: float | None = None):
         super().__init__(schedule)
-        _raise(_grid_problems(schedule, "uniform", 7.0, t_start, "OneStepSampler"))
+        raise_problems(grid_problems(schedule, "uniform", 7.0, t_start, "OneStepSampler"))
         self.t_start = t_start
 
     def _build(self, num_steps):
         if num_steps != 1:
-            _raise(
+            raise_problems(
                 [f"OneStepSampler takes exactly 1 step; set_timesteps got num_steps={num_steps!r}."]
             )
         start = self.schedule.t_max if self.t_start is None else self.t_start
@@ -637,9 +630,9 @@ class MultistepSampler(Sampler):
             not isinstance(values, Sequence)
             or isinstance(values, str)
             or not values
-            or not all(_is_number(v) for v in values)
+            or not all(is_finite_number(v) for v in values)
         ):
-            _raise(
+            raise_problems(
                 [
                     "The 'timesteps' parameter of MultistepSampler must be a non-empty list of "
                     f"finite floats. Got {timesteps!r}."
@@ -658,12 +651,12 @@ class MultistepSampler(Sampler):
                 f"The 'timesteps' of MultistepSampler must lie in {type(schedule).__name__}'s "
                 f"range [{schedule.t_min}, {schedule.t_max}]. Got {outside}."
             )
-        _raise(problems)
+        raise_problems(problems)
         self.timesteps_list = values
 
     def _build(self, num_steps):
         if num_steps != len(self.timesteps_list):
-            _raise(
+            raise_problems(
                 [
                     f"MultistepSampler has {len(self.timesteps_list)} timesteps; set_timesteps got "
                     f"num_steps={num_steps!r}. Pass num_steps={len(self.timesteps_list)}."
@@ -738,14 +731,8 @@ def sample(
         problems.append(f"The 'sampler' argument of sample must be a Sampler. Got {sampler!r}.")
     if not (isinstance(z, Tensor) and z.ndim >= 1):
         problems.append(f"The 'z' argument of sample must be a tensor [B, ...]. Got {_short(z)}.")
-    if kind not in PREDICTION_KINDS:
-        close = difflib.get_close_matches(str(kind), PREDICTION_KINDS, n=1, cutoff=0.5)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        problems.append(
-            f"The 'kind' argument of sample must be one of "
-            f"{', '.join(repr(k) for k in PREDICTION_KINDS)}{hint}. Got {kind!r}."
-        )
-    _raise(problems)
+    problems += choice_problems(kind, PREDICTION_KINDS, name="kind", owner="sample")
+    raise_problems(problems)
     sampler.set_timesteps(num_steps, device=z.device)
     x = sampler.init_noise_sigma * z
     trajectory = [x] if return_trajectory else None
@@ -769,24 +756,17 @@ def _c(coefficient: Tensor, like: Tensor) -> Tensor:
     return coefficient.to(like.dtype)
 
 
-def _grid_problems(
-    schedule: NoiseSchedule, spacing: object, rho: object, t_start: object, owner: str
+def grid_problems(
+    schedule: NoiseSchedule, spacing: object, rho: object, t_start: object, owner: str, what: str = "parameter"
 ) -> list[str]:
-    problems = []
-    if spacing not in SPACINGS:
-        close = difflib.get_close_matches(str(spacing), SPACINGS, n=1, cutoff=0.5)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+    """Problems with the arguments of `time_grid` (shared by the samplers and the distillation
+    targets that walk the same grid), one line each."""
+    problems = choice_problems(spacing, SPACINGS, name="spacing", owner=owner, what=what)
+    if not (is_finite_number(rho) and rho > 0):
+        problems.append(f"The 'rho' {what} of {owner} must be a float > 0. Got {rho!r}.")
+    if t_start is not None and not (is_finite_number(t_start) and schedule.t_min < t_start <= schedule.t_max):
         problems.append(
-            f"The 'spacing' parameter of {owner} must be one of "
-            f"{', '.join(repr(s) for s in SPACINGS)}{hint}. Got {spacing!r}."
-        )
-    if not (_is_number(rho) and rho > 0):
-        problems.append(f"The 'rho' parameter of {owner} must be a float > 0. Got {rho!r}.")
-    if t_start is not None and not (
-        _is_number(t_start) and schedule.t_min < t_start <= schedule.t_max
-    ):
-        problems.append(
-            f"The 't_start' parameter of {owner} must be None (the schedule's t_max) or a float in "
+            f"The 't_start' {what} of {owner} must be None (the schedule's t_max) or a float in "
             f"({schedule.t_min}, {schedule.t_max}] for {type(schedule).__name__}. Got {t_start!r}."
         )
     return problems
@@ -805,10 +785,3 @@ def _is_count(n: object) -> bool:
     return isinstance(n, int) and not isinstance(n, bool) and n >= 1
 
 
-def _is_number(x: object) -> bool:
-    return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _raise(problems: list[str]) -> None:
-    if problems:
-        raise ValueError("\n".join(problems))

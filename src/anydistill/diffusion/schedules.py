@@ -43,12 +43,13 @@ from __future__ import annotations
 import difflib
 import inspect
 import math
-import numbers
 from abc import ABC, abstractmethod
 from typing import Literal
 
 import torch
 from torch import Tensor
+
+from anydistill.core.checks import is_finite_number, raise_problems
 
 PredictionKind = Literal["x0", "eps", "v", "velocity"]
 PREDICTION_KINDS: tuple[str, ...] = ("x0", "eps", "v", "velocity")
@@ -184,7 +185,7 @@ class NoiseSchedule(ABC):
             _kind_problem(from_kind, from_argument, func),
             _kind_problem(to_kind, "to_kind", func),
         ]
-        _raise([p for p in problems if p])
+        raise_problems([p for p in problems if p])
         if from_kind == to_kind:
             return output
         # x0 = p_x * x_t + q_x * output and eps = p_e * x_t + q_e * output, all [B].
@@ -258,8 +259,8 @@ class VPCosine(NoiseSchedule):
     t_max = 1.0
 
     def __init__(self, s: float = 0.008):
-        if not (_is_number(s) and s >= 0):
-            _raise([f"The 's' parameter of VPCosine must be a float >= 0. Got {s!r}."])
+        if not (is_finite_number(s) and s >= 0):
+            raise_problems([f"The 's' parameter of VPCosine must be a float >= 0. Got {s!r}."])
         self.s = s
 
     @property
@@ -317,18 +318,18 @@ class EDM(NoiseSchedule):
 
     def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0, sigma_data: float = 0.5):
         problems = []
-        if not (_is_number(sigma_min) and sigma_min > 0):
+        if not (is_finite_number(sigma_min) and sigma_min > 0):
             problems.append(f"The 'sigma_min' parameter of EDM must be a float > 0. Got {sigma_min!r}.")
-        if not (_is_number(sigma_max) and (not _is_number(sigma_min) or sigma_max > sigma_min)):
+        if not (is_finite_number(sigma_max) and (not is_finite_number(sigma_min) or sigma_max > sigma_min)):
             problems.append(
                 f"The 'sigma_max' parameter of EDM must be a float > sigma_min ({sigma_min!r}). "
                 f"Got {sigma_max!r}."
             )
-        if not (_is_number(sigma_data) and sigma_data > 0):
+        if not (is_finite_number(sigma_data) and sigma_data > 0):
             problems.append(
                 f"The 'sigma_data' parameter of EDM must be a float > 0. Got {sigma_data!r}."
             )
-        _raise(problems)
+        raise_problems(problems)
         self.sigma_min, self.sigma_max, self.sigma_data = sigma_min, sigma_max, sigma_data
 
     @property
@@ -426,8 +427,8 @@ class TrigFlow(NoiseSchedule):
     t_max = math.pi / 2
 
     def __init__(self, sigma_d: float = 0.5):
-        if not (_is_number(sigma_d) and sigma_d > 0):
-            _raise([f"The 'sigma_d' parameter of TrigFlow must be a float > 0. Got {sigma_d!r}."])
+        if not (is_finite_number(sigma_d) and sigma_d > 0):
+            raise_problems([f"The 'sigma_d' parameter of TrigFlow must be a float > 0. Got {sigma_d!r}."])
         self.sigma_d = sigma_d
 
     @property
@@ -465,10 +466,3 @@ def _kind_problem(kind: object, argument: str, func: str) -> str | None:
     )
 
 
-def _is_number(x: object) -> bool:
-    return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _raise(problems: list[str]) -> None:
-    if problems:
-        raise ValueError("\n".join(problems))

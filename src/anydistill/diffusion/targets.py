@@ -31,19 +31,18 @@ every such target. Losses are computed in at least float32 (DESIGN.md).
 
 from __future__ import annotations
 
-import difflib
 import math
-import numbers
 from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
+from anydistill.core.checks import choice_problems, is_finite_number, raise_problems
+from anydistill.diffusion.samplers import grid_problems
 from anydistill.diffusion.schedules import PREDICTION_KINDS, NoiseSchedule, expand_t
 
 ModelFn = Callable[[Tensor, Tensor], Tensor]
 
-PD_SPACINGS: tuple[str, ...] = ("uniform", "karras")
 PD_WEIGHTINGS: tuple[str, ...] = ("snr_trunc", "snr", "snr+1", "constant")
 CD_SOLVERS: tuple[str, ...] = ("euler", "heun")
 RF_LOSSES: tuple[str, ...] = ("l2", "pseudo_huber")
@@ -87,7 +86,7 @@ def ddim_step(
     Returns:
         ``x_s``, ``[B, ...]`` in the dtype of ``x_t``. Differentiable in ``x_t`` and ``x0_hat``.
     """
-    _raise(_same_shape_problems("ddim_step", x_t=x_t, x0_hat=x0_hat))
+    raise_problems(_same_shape_problems("ddim_step", x_t=x_t, x0_hat=x0_hat))
     t, s = _as_time(t), _as_time(s)
     ratio = schedule.sigma(s) / schedule.sigma(t)  # in the dtype of the times
     coef_x0 = schedule.alpha(s) - ratio * schedule.alpha(t)
@@ -137,13 +136,13 @@ def pd_times(
     Returns:
         ``(t_mid, t_next)``, each shaped and typed like ``t``.
     """
-    problems = _grid_problems(schedule, spacing, rho, t_start, "pd_times")
+    problems = grid_problems(schedule, spacing, rho, t_start, "pd_times", what="argument")
     if not _is_count(num_student_steps):
         problems.append(
             "The 'num_student_steps' argument of pd_times must be an int >= 1. "
             f"Got {num_student_steps!r}."
         )
-    _raise(problems)
+    raise_problems(problems)
     t = _as_time(t)
     hi = float(schedule.t_max if t_start is None else t_start)
     lo = float(schedule.t_min)
@@ -238,7 +237,7 @@ def pd_weight(t: Tensor, schedule: NoiseSchedule, weighting: str = "snr_trunc") 
     Returns:
         ``[B]`` in the dtype of ``t``.
     """
-    _raise(_choice_problems(weighting, PD_WEIGHTINGS, "weighting", "pd_weight"))
+    raise_problems(choice_problems(weighting, PD_WEIGHTINGS, name="weighting", owner="pd_weight"))
     if weighting == "constant":
         return torch.ones_like(t)
     snr = schedule.snr(t)
@@ -301,9 +300,9 @@ def consistency_distillation_pair(
         :math:`\hat x_{t_n}`, ``[B, ...]`` in the dtype of ``x_t_next``, without gradient.
     """
     name = "consistency_distillation_pair"
-    problems = _choice_problems(solver, CD_SOLVERS, "solver", name)
-    problems += _choice_problems(kind, PREDICTION_KINDS, "kind", name)
-    _raise(problems)
+    problems = choice_problems(solver, CD_SOLVERS, name="solver", owner=name)
+    problems += choice_problems(kind, PREDICTION_KINDS, name="kind", owner=name)
+    raise_problems(problems)
     t_next = _batch_t(_as_time(t_next), x_t_next, name)
     t_cur = _batch_t(_as_time(t_cur), x_t_next, name)
 
@@ -362,17 +361,17 @@ def consistency_coefficients(
         ``(c_skip, c_out)``, each ``[B]`` in the dtype of ``t``.
     """
     problems = []
-    if not (_is_number(sigma_data) and sigma_data > 0):
+    if not (is_finite_number(sigma_data) and sigma_data > 0):
         problems.append(
             "The 'sigma_data' argument of consistency_coefficients must be a float > 0. "
             f"Got {sigma_data!r}."
         )
-    if t_min is not None and not _is_number(t_min):
+    if t_min is not None and not is_finite_number(t_min):
         problems.append(
             "The 't_min' argument of consistency_coefficients must be a float or None (the "
             f"schedule's t_min). Got {t_min!r}."
         )
-    _raise(problems)
+    raise_problems(problems)
     boundary = torch.tensor(schedule.t_min if t_min is None else t_min, dtype=torch.float64)
     epsilon = float(schedule.edm_sigma(boundary))  # a host float: no device sync
     a = schedule.alpha(t)
@@ -410,7 +409,7 @@ def consistency_parametrisation(
         ``f``, ``[B, ...]`` in the dtype of ``x_t``; differentiable in ``network_out``.
     """
     name = "consistency_parametrisation"
-    _raise(_same_shape_problems(name, x_t=x_t, network_out=network_out))
+    raise_problems(_same_shape_problems(name, x_t=x_t, network_out=network_out))
     t = _batch_t(_as_time(t), x_t, name)
     c_skip, c_out = consistency_coefficients(t, schedule, sigma_data, t_min)
     return expand_t(c_skip, x_t) * x_t + expand_t(c_out, x_t) * network_out
@@ -421,7 +420,7 @@ def ict_huber_c(num_elements: int) -> float:
     "Improved Techniques for Training Consistency Models", Sec. 3.3): ``c = 0.00054 sqrt(d)``
     for ``d`` elements per example (0.03 on CIFAR-10)."""
     if not _is_count(num_elements):
-        _raise(
+        raise_problems(
             [
                 "The 'num_elements' argument of ict_huber_c must be an int >= 1. "
                 f"Got {num_elements!r}."
@@ -449,11 +448,11 @@ def pseudo_huber(a: Tensor, b: Tensor, c: float | None = None) -> Tensor:
         ``[B]`` in float32 (float64 for float64 inputs), differentiable.
     """
     problems = _same_shape_problems("pseudo_huber", a=a, b=b)
-    if c is not None and not (_is_number(c) and c > 0):
+    if c is not None and not (is_finite_number(c) and c > 0):
         problems.append(f"The 'c' argument of pseudo_huber must be a float > 0 or None. Got {c!r}.")
     if a.ndim == 0:
         problems.append("pseudo_huber needs tensors [B, ...] with a batch dimension. Got 0-dim.")
-    _raise(problems)
+    raise_problems(problems)
     if c is None:
         c = ict_huber_c(max(a[0].numel(), 1) if a.shape[0] else 1)
     dtype = torch.promote_types(torch.promote_types(a.dtype, b.dtype), torch.float32)
@@ -507,7 +506,7 @@ def dmd_gradient(
         ``grad``, ``[B, ...]`` in float32 (float64 for float64 samples), without gradient.
     """
     name = "dmd_gradient"
-    _raise(_same_shape_problems(name, x0_student=x0_student, noise=noise))
+    raise_problems(_same_shape_problems(name, x0_student=x0_student, noise=noise))
     t = _batch_t(_as_time(t), x0_student, name)
     dtype = torch.promote_types(x0_student.dtype, torch.float32)
     with torch.no_grad():
@@ -543,8 +542,8 @@ def dmd_surrogate_loss(x0_student: Tensor, grad: Tensor, reduction: str = "sum")
         A scalar in float32 (float64 for float64 samples).
     """
     problems = _same_shape_problems("dmd_surrogate_loss", x0_student=x0_student, grad=grad)
-    problems += _choice_problems(reduction, REDUCTIONS, "reduction", "dmd_surrogate_loss")
-    _raise(problems)
+    problems += choice_problems(reduction, REDUCTIONS, name="reduction", owner="dmd_surrogate_loss")
+    raise_problems(problems)
     dtype = torch.promote_types(x0_student.dtype, torch.float32)
     x = x0_student.to(dtype)
     target = (x - grad.to(dtype)).detach()
@@ -606,15 +605,15 @@ def rectified_flow_loss(
     """
     name = "rectified_flow_loss"
     problems = _same_shape_problems(name, model_velocity=model_velocity, x0=x0, noise=noise)
-    problems += _choice_problems(loss, RF_LOSSES, "loss", name)
-    problems += _choice_problems(weighting, RF_WEIGHTINGS, "weighting", name)
-    if huber_c is not None and not (_is_number(huber_c) and huber_c > 0):
+    problems += choice_problems(loss, RF_LOSSES, name="loss", owner=name)
+    problems += choice_problems(weighting, RF_WEIGHTINGS, name="weighting", owner=name)
+    if huber_c is not None and not (is_finite_number(huber_c) and huber_c > 0):
         problems.append(
             f"The 'huber_c' argument of {name} must be a float > 0 or None. Got {huber_c!r}."
         )
     if x0.ndim == 0:
         problems.append(f"{name} needs tensors [B, ...] with a batch dimension. Got 0-dim.")
-    _raise(problems)
+    raise_problems(problems)
     t = _batch_t(_as_time(t), x0, name)
     dtype = torch.promote_types(torch.promote_types(model_velocity.dtype, x0.dtype), torch.float32)
     target = noise.to(dtype) - x0.to(dtype)
@@ -637,7 +636,7 @@ def rectified_flow_loss(
 def _as_time(t: Tensor | float) -> Tensor:
     if isinstance(t, Tensor):
         return t
-    if _is_number(t):
+    if is_finite_number(t):
         return torch.tensor(float(t), dtype=torch.float64)
     raise ValueError(f"Times must be tensors [B] (or 0-dim) or floats. Got {type(t).__name__}.")
 
@@ -669,41 +668,7 @@ def _same_shape_problems(owner: str, **tensors: Tensor) -> list[str]:
     return []
 
 
-def _choice_problems(value: object, choices: tuple[str, ...], name: str, owner: str) -> list[str]:
-    if value in choices:
-        return []
-    close = difflib.get_close_matches(str(value), choices, n=1, cutoff=0.5)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return [
-        f"The '{name}' argument of {owner} must be one of "
-        f"{', '.join(repr(c) for c in choices)}{hint}. Got {value!r}."
-    ]
-
-
-def _grid_problems(
-    schedule: NoiseSchedule, spacing: object, rho: object, t_start: object, owner: str
-) -> list[str]:
-    problems = _choice_problems(spacing, PD_SPACINGS, "spacing", owner)
-    if not (_is_number(rho) and rho > 0):
-        problems.append(f"The 'rho' argument of {owner} must be a float > 0. Got {rho!r}.")
-    if t_start is not None and not (
-        _is_number(t_start) and schedule.t_min < t_start <= schedule.t_max
-    ):
-        problems.append(
-            f"The 't_start' argument of {owner} must be None (the schedule's t_max) or a float in "
-            f"({schedule.t_min}, {schedule.t_max}] for {type(schedule).__name__}. Got {t_start!r}."
-        )
-    return problems
-
-
 def _is_count(n: object) -> bool:
     return isinstance(n, int) and not isinstance(n, bool) and n >= 1
 
 
-def _is_number(x: object) -> bool:
-    return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _raise(problems: list[str]) -> None:
-    if problems:
-        raise ValueError("\n".join(problems))

@@ -32,13 +32,13 @@ converting then guiding, in any kind. Guiding natively costs one conversion inst
 
 from __future__ import annotations
 
-import difflib
 import math
 import numbers
 
 import torch
 from torch import Tensor, nn
 
+from anydistill.core.checks import choice_problems, is_int, raise_problems
 from anydistill.core.teacher import Teacher
 from anydistill.diffusion.schedules import EDM, PREDICTION_KINDS, NoiseSchedule, expand_t
 
@@ -121,8 +121,8 @@ class DiffusionTeacher:
                 f"(VPCosine, EDM, RectifiedFlow, TrigFlow). Got {type(schedule).__name__}."
             )
         owner = "DiffusionTeacher"
-        problems += _choice_problem(prediction, PREDICTION_KINDS, "parameter", "prediction", owner)
-        problems += _choice_problem(preconditioning, PRECONDITIONINGS, "parameter", "preconditioning", owner)
+        problems += choice_problems(prediction, PREDICTION_KINDS, name="prediction", owner=owner, what="parameter")
+        problems += choice_problems(preconditioning, PRECONDITIONINGS, name="preconditioning", owner=owner, what="parameter")
         if preconditioning == "edm":
             if isinstance(schedule, NoiseSchedule) and not isinstance(schedule, EDM):
                 problems.append(
@@ -137,12 +137,12 @@ class DiffusionTeacher:
                 )
         if null_class is None and isinstance(model, nn.Module):
             null_class = getattr(model, "null_class", None)
-        if null_class is not None and not (_is_int(null_class) and null_class >= 0):
+        if null_class is not None and not (is_int(null_class) and null_class >= 0):
             problems.append(
                 "The 'null_class' parameter of DiffusionTeacher must be an int >= 0 or None. "
                 f"Got {null_class!r}."
             )
-        _raise(problems)
+        raise_problems(problems)
         self.model = model.eval().requires_grad_(False)
         self.schedule = schedule
         self.prediction = prediction
@@ -275,7 +275,7 @@ class DiffusionTeacher:
         return converted.to(x_t.device, x_t.dtype)
 
     def _check_kind(self, kind: object, func: str) -> None:
-        _raise(_choice_problem(kind, PREDICTION_KINDS, "argument", "kind", f"DiffusionTeacher.{func}"))
+        raise_problems(choice_problems(kind, PREDICTION_KINDS, name="kind", owner=f"DiffusionTeacher.{func}"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -332,9 +332,9 @@ def denoiser_loss(
         A scalar in float32 (float64 for float64 data), differentiable w.r.t. the network.
     """
     problems = [
-        *_choice_problem(prediction, PREDICTION_KINDS, "argument", "prediction", "denoiser_loss"),
-        *_choice_problem(weighting, WEIGHTINGS, "argument", "weighting", "denoiser_loss"),
-        *_choice_problem(preconditioning, PRECONDITIONINGS, "argument", "preconditioning", "denoiser_loss"),
+        *choice_problems(prediction, PREDICTION_KINDS, name="prediction", owner="denoiser_loss"),
+        *choice_problems(weighting, WEIGHTINGS, name="weighting", owner="denoiser_loss"),
+        *choice_problems(preconditioning, PRECONDITIONINGS, name="preconditioning", owner="denoiser_loss"),
     ]
     options = {"weighting": weighting, "preconditioning": preconditioning}
     edm_needed = [f"{name}={value!r}" for name, value in options.items() if value == "edm"]
@@ -347,7 +347,7 @@ def denoiser_loss(
             f"denoiser_loss with {' and '.join(edm_needed)} needs prediction='x0' (EDM's denoiser D). "
             f"Got {prediction!r}."
         )
-    _raise(problems)
+    raise_problems(problems)
 
     x_t = schedule.add_noise(x0, noise, t)
     dtype = torch.promote_types(x0.dtype, torch.float32)  # losses are computed in (at least) fp32
@@ -402,23 +402,3 @@ def _check_weight(w: object) -> float:
     )
 
 
-def _choice_problem(
-    value: object, choices: tuple[str, ...], what: str, name: str, owner: str
-) -> list[str]:
-    if value in choices:
-        return []
-    close = difflib.get_close_matches(str(value), choices, n=1, cutoff=0.5)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return [
-        f"The '{name}' {what} of {owner} must be one of {', '.join(repr(c) for c in choices)}{hint}. "
-        f"Got {value!r}."
-    ]
-
-
-def _is_int(v: object) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
-
-def _raise(problems: list[str]) -> None:
-    if problems:
-        raise ValueError("\n".join(problems))

@@ -17,13 +17,13 @@ the generator's device (float32 on MPS, which has no float64), then moved to ``d
 from __future__ import annotations
 
 import math
-import numbers
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
+from anydistill.core.checks import is_finite_number, raise_problems
 from anydistill.diffusion.schedules import NoiseSchedule
 
 
@@ -67,11 +67,11 @@ class UniformTime(TimeSampler):
         problems = [
             f"The '{name}' parameter of UniformTime must be a finite float or None. Got {value!r}."
             for name, value in (("low", low), ("high", high))
-            if value is not None and not _is_number(value)
+            if value is not None and not is_finite_number(value)
         ]
         if not problems and low is not None and high is not None and not low < high:
             problems.append(f"UniformTime needs low < high. Got low={low!r}, high={high!r}.")
-        _raise(problems)
+        raise_problems(problems)
         self.low, self.high = low, high
 
     def sample(self, n, schedule, *, generator, device=None, dtype=torch.float32):
@@ -83,7 +83,7 @@ class UniformTime(TimeSampler):
                 f"UniformTime's range [{low}, {high}] must lie inside {type(schedule).__name__}'s "
                 f"[{schedule.t_min}, {schedule.t_max}]."
             )
-        _raise([p for p in problems if p])
+        raise_problems([p for p in problems if p])
         u, device = _uniform(n, generator, device)
         return (low + (high - low) * u).to(device=device, dtype=dtype)
 
@@ -106,19 +106,19 @@ class LogNormalTime(TimeSampler):
 
     def __init__(self, p_mean: float = -1.2, p_std: float = 1.2):
         problems = []
-        if not _is_number(p_mean):
+        if not is_finite_number(p_mean):
             problems.append(
                 f"The 'p_mean' parameter of LogNormalTime must be a finite float. Got {p_mean!r}."
             )
-        if not (_is_number(p_std) and p_std > 0):
+        if not (is_finite_number(p_std) and p_std > 0):
             problems.append(
                 f"The 'p_std' parameter of LogNormalTime must be a float > 0. Got {p_std!r}."
             )
-        _raise(problems)
+        raise_problems(problems)
         self.p_mean, self.p_std = p_mean, p_std
 
     def sample(self, n, schedule, *, generator, device=None, dtype=torch.float32):
-        _raise([p for p in [_n_problem(n, "LogNormalTime")] if p])
+        raise_problems([p for p in [_n_problem(n, "LogNormalTime")] if p])
         normal, device = _normal(n, generator, device)
         edm_sigma = torch.exp(self.p_mean + self.p_std * normal)
         t = schedule.t_from_edm_sigma(edm_sigma).clamp(schedule.t_min, schedule.t_max)
@@ -140,19 +140,19 @@ class LogitNormalTime(TimeSampler):
 
     def __init__(self, mean: float = 0.0, std: float = 1.0):
         problems = []
-        if not _is_number(mean):
+        if not is_finite_number(mean):
             problems.append(
                 f"The 'mean' parameter of LogitNormalTime must be a finite float. Got {mean!r}."
             )
-        if not (_is_number(std) and std > 0):
+        if not (is_finite_number(std) and std > 0):
             problems.append(
                 f"The 'std' parameter of LogitNormalTime must be a float > 0. Got {std!r}."
             )
-        _raise(problems)
+        raise_problems(problems)
         self.mean, self.std = mean, std
 
     def sample(self, n, schedule, *, generator, device=None, dtype=torch.float32):
-        _raise([p for p in [_n_problem(n, "LogitNormalTime")] if p])
+        raise_problems([p for p in [_n_problem(n, "LogitNormalTime")] if p])
         normal, device = _normal(n, generator, device)
         u = torch.sigmoid(self.mean + self.std * normal)
         return (schedule.t_min + (schedule.t_max - schedule.t_min) * u).to(device=device, dtype=dtype)
@@ -187,12 +187,12 @@ class UShapedTime(TimeSampler):
     """
 
     def __init__(self, a: float = 4.0):
-        if not (_is_number(a) and a > 0):
-            _raise([f"The 'a' parameter of UShapedTime must be a float > 0. Got {a!r}."])
+        if not (is_finite_number(a) and a > 0):
+            raise_problems([f"The 'a' parameter of UShapedTime must be a float > 0. Got {a!r}."])
         self.a = a
 
     def sample(self, n, schedule, *, generator, device=None, dtype=torch.float32):
-        _raise([p for p in [_n_problem(n, "UShapedTime")] if p])
+        raise_problems([p for p in [_n_problem(n, "UShapedTime")] if p])
         w, device = _uniform(n, generator, device)
         u = 0.5 + torch.asinh((2 * w - 1) * math.sinh(self.a / 2)) / self.a
         return (schedule.t_min + (schedule.t_max - schedule.t_min) * u).to(device=device, dtype=dtype)
@@ -211,8 +211,8 @@ class DiscreteTime(TimeSampler):
 
     def __init__(self, timesteps: Sequence[float]):
         values = list(timesteps) if isinstance(timesteps, Sequence) else None
-        if not values or not all(_is_number(v) for v in values):
-            _raise(
+        if not values or not all(is_finite_number(v) for v in values):
+            raise_problems(
                 [
                     "The 'timesteps' parameter of DiscreteTime must be a non-empty list of finite "
                     f"floats. Got {timesteps!r}."
@@ -225,7 +225,7 @@ class DiscreteTime(TimeSampler):
     ) -> Tensor:
         """``n`` indices into ``timesteps``, uniform over ``0 .. K - 1``, shape ``[n]`` (int64); for
         methods that also need a time's neighbours (the next step of a multi-step sampler)."""
-        _raise([p for p in [_n_problem(n, "DiscreteTime")] if p])
+        raise_problems([p for p in [_n_problem(n, "DiscreteTime")] if p])
         draw_device = generator.device if generator is not None else torch.device(device or "cpu")
         index = torch.randint(len(self.timesteps), (n,), generator=generator, device=draw_device)
         return index.to(draw_device if device is None else device)
@@ -233,7 +233,7 @@ class DiscreteTime(TimeSampler):
     def sample(self, n, schedule, *, generator, device=None, dtype=torch.float32):
         outside = [v for v in self.timesteps if not schedule.t_min <= v <= schedule.t_max]
         if outside:
-            _raise(
+            raise_problems(
                 [
                     f"DiscreteTime's timesteps must lie in {type(schedule).__name__}'s range "
                     f"[{schedule.t_min}, {schedule.t_max}]. Got {outside} (integer steps i of T are "
@@ -275,10 +275,3 @@ def _n_problem(n: object, sampler: str) -> str | None:
     return f"The 'n' argument of {sampler}.sample must be an int >= 0. Got {n!r}."
 
 
-def _is_number(x: object) -> bool:
-    return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _raise(problems: list[str]) -> None:
-    if problems:
-        raise ValueError("\n".join(problems))

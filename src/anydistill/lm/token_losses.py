@@ -68,8 +68,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from anydistill.losses.divergences import generalized_jsd, kd_kl, reverse_kl, tvd
+from anydistill.core.checks import is_finite_number, raise_problems
 from anydistill.lm.topk import SparseTeacher, densify_rows, index_problems
+from anydistill.losses.divergences import generalized_jsd, kd_kl, reverse_kl, tvd
 
 DIVERGENCES = ("fkl", "rkl", "jsd", "skl", "srkl", "tvd")
 
@@ -195,7 +196,7 @@ def token_ce_loss(
             f"Got {labels.dtype} {tuple(labels.shape)} and mask {tuple(mask.shape)}."
         )
     problems += _check_chunk(chunk_tokens, "token_ce_loss")
-    _raise(problems)
+    raise_problems(problems)
     vocab = student_logits.shape[-1]
     flat_student = student_logits.reshape(-1, vocab)
     rows = mask.reshape(-1).nonzero().squeeze(1).to(student_logits.device)
@@ -243,7 +244,7 @@ def normalize(loss_sum: Tensor, num_tokens_global: int | Tensor, *, world_size: 
                 "The 'num_tokens_global' argument of normalize must be a single count. "
                 f"Got shape {tuple(num_tokens_global.shape)}."
             )
-        _raise(problems)
+        raise_problems(problems)
         count = num_tokens_global.reshape(()).to(loss_sum.device, loss_sum.dtype).clamp(min=1)
         return loss_sum * world_size / count
     if not (isinstance(num_tokens_global, numbers.Integral) and not isinstance(num_tokens_global, bool)
@@ -252,7 +253,7 @@ def normalize(loss_sum: Tensor, num_tokens_global: int | Tensor, *, world_size: 
             "The 'num_tokens_global' argument of normalize must be an int >= 0 (the completion "
             f"tokens of the whole step, over accumulation and ranks). Got {num_tokens_global!r}."
         )
-    _raise(problems)
+    raise_problems(problems)
     return loss_sum * world_size / max(int(num_tokens_global), 1)
 
 
@@ -328,13 +329,13 @@ def _validate(
             f"The 'divergence' argument of token_distill_loss must be one of {DIVERGENCES}. "
             f"Got {divergence!r}.{hint}"
         )
-    if not (_is_number(temperature) and temperature > 0):
+    if not (is_finite_number(temperature) and temperature > 0):
         problems.append(
             "The 'temperature' argument of token_distill_loss must be a finite number > 0. "
             f"Got {temperature!r}."
         )
     for name, value in (("beta", beta), ("alpha", alpha)):
-        if not (_is_number(value) and 0 <= value <= 1):
+        if not (is_finite_number(value) and 0 <= value <= 1):
             problems.append(f"The '{name}' argument of token_distill_loss must be in [0, 1]. Got {value!r}.")
     problems += _check_chunk(chunk_tokens, "token_distill_loss")
     vocab = student_logits.shape[-1] if student_logits.ndim else None
@@ -385,7 +386,7 @@ def _validate(
             "The 'teacher' argument of token_distill_loss must be dense logits (a Tensor) or a "
             f"SparseTeacher. Got {type(teacher).__name__}."
         )
-    _raise(problems)
+    raise_problems(problems)
 
 
 def _check_mask(student_logits: Tensor, mask: Tensor, func: str) -> list[str]:
@@ -419,10 +420,3 @@ def _upcast(x: Tensor) -> Tensor:
     return x if x.dtype == torch.float64 else x.float()
 
 
-def _is_number(x: object) -> bool:
-    return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _raise(problems: list[str]) -> None:
-    if problems:
-        raise ValueError("\n".join(problems))

@@ -42,6 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from anydistill.core.checks import is_finite_number, raise_problems
+
 _VALUE_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _INDEX_DTYPES = (torch.int32, torch.int64)
 
@@ -99,7 +101,7 @@ class SparseTeacher:
                     "The 'tail_logprob' field of SparseTeacher must be float16, bfloat16 or "
                     f"float32. Got {self.tail_logprob.dtype}."
                 )
-        _raise(problems)
+        raise_problems(problems)
 
     @property
     def num_tokens(self) -> int:
@@ -156,7 +158,7 @@ def sparsify(
         )
     if not (isinstance(chunk_tokens, int) and not isinstance(chunk_tokens, bool) and chunk_tokens >= 1):
         problems.append(f"The 'chunk_tokens' argument of sparsify must be an int >= 1. Got {chunk_tokens!r}.")
-    _raise(problems)
+    raise_problems(problems)
 
     rows = teacher_logits.detach().reshape(-1, vocab)
     values, indices, tails = [], [], []
@@ -201,13 +203,13 @@ def densify(sparse: SparseTeacher, vocab_size: int, temperature: float = 1.0) ->
         problems.append(
             f"The 'vocab_size' argument of densify must be an int >= k={sparse.k}. Got {vocab_size!r}."
         )
-    if not (_is_number(temperature) and temperature > 0):
+    if not (is_finite_number(temperature) and temperature > 0):
         problems.append(
             f"The 'temperature' argument of densify must be a finite number > 0. Got {temperature!r}."
         )
     if not problems:
         problems += index_problems(sparse, vocab_size, "densify")
-    _raise(problems)
+    raise_problems(problems)
     log_p = densify_rows(sparse.logprobs, sparse.indices, sparse.tail_logprob, vocab_size)
     if temperature != 1:
         log_p = F.log_softmax(log_p / temperature, dim=-1)
@@ -250,7 +252,7 @@ def reconstruction_kl(full_logits: Tensor, sparse: SparseTeacher, *, chunk_token
             "The 'full_logits' argument of reconstruction_kl must have one row per row of 'sparse' "
             f"([N={sparse.num_tokens}, V]). Got {tuple(full_logits.shape)}."
         )
-    _raise(index_problems(sparse, vocab, "reconstruction_kl"))
+    raise_problems(index_problems(sparse, vocab, "reconstruction_kl"))
     out = []
     for start in range(0, rows.shape[0], chunk_tokens):
         stop = start + chunk_tokens
@@ -296,10 +298,3 @@ def index_problems(sparse: SparseTeacher, vocab_size: int, func: str) -> list[st
     ]
 
 
-def _is_number(x: object) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _raise(problems: list[str]) -> None:
-    if problems:
-        raise ValueError("\n".join(problems))

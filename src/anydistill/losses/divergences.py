@@ -18,12 +18,13 @@ models, ...). Conventions:
 """
 
 import math
-import numbers
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from anydistill.core.checks import is_finite_number, raise_problems
 
 Reduction = Literal["none", "batchmean", "sum"]
 _REDUCTIONS = ("none", "batchmean", "sum")
@@ -230,7 +231,7 @@ def mix_with_ce(distill_loss: Tensor, student_logits: Tensor, labels: Tensor, *,
         alpha: :math:`\alpha \in [0, 1]`.
     """
     problems = []
-    if not _is_number(alpha) or not 0 <= alpha <= 1:
+    if not is_finite_number(alpha) or not 0 <= alpha <= 1:
         problems.append(f"The 'alpha' argument of mix_with_ce must be in [0, 1]. Got {alpha!r}.")
     if distill_loss.ndim != 0:
         problems.append(
@@ -244,7 +245,7 @@ def mix_with_ce(distill_loss: Tensor, student_logits: Tensor, labels: Tensor, *,
             f"its class dim. Got labels {tuple(labels.shape)} and logits "
             f"{tuple(student_logits.shape)}."
         )
-    _raise(problems)
+    raise_problems(problems)
     if alpha == 1:
         return distill_loss
     logits = _upcast(student_logits)
@@ -275,10 +276,6 @@ def _reduce(per_row: Tensor, reduction: Reduction) -> Tensor:
     return total / max(per_row.numel(), 1)
 
 
-def _is_number(x: object) -> bool:
-    return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
-
-
 _UNSET = object()
 
 
@@ -293,11 +290,11 @@ def _validate(
 ) -> None:
     """Collect every problem with the arguments of ``func`` and raise them together."""
     problems = []
-    if temperature is not _UNSET and not (_is_number(temperature) and temperature > 0):
+    if temperature is not _UNSET and not (is_finite_number(temperature) and temperature > 0):
         problems.append(
             f"The 'temperature' argument of {func} must be a finite number > 0. Got {temperature!r}."
         )
-    if beta is not _UNSET and not (_is_number(beta) and 0 <= beta <= 1):
+    if beta is not _UNSET and not (is_finite_number(beta) and 0 <= beta <= 1):
         problems.append(f"The 'beta' argument of {func} must be in [0, 1]. Got {beta!r}.")
     if reduction not in _REDUCTIONS:
         problems.append(
@@ -313,9 +310,6 @@ def _validate(
             f"The 'student_logits' argument of {func} must have a class dim, shape [..., C]. "
             "Got a 0-dim tensor."
         )
-    _raise(problems)
+    raise_problems(problems)
 
 
-def _raise(problems: list[str]) -> None:
-    if problems:
-        raise ValueError("\n".join(problems))

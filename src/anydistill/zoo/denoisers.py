@@ -28,11 +28,12 @@ net is unconditional, ``null_class`` is ``None`` and ``cond`` must be ``None``.
 from __future__ import annotations
 
 import math
-import numbers
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from anydistill.core.checks import is_int, raise_problems
 
 __all__ = [
     "ConvDenoiser",
@@ -184,7 +185,7 @@ def mlp_denoiser(
 
     With the defaults (2-D, 256 wide, 4 blocks, unconditional) it has about 0.87M parameters.
     """
-    _raise(
+    raise_problems(
         _int_problems(
             "mlp_denoiser",
             dict(dim=(dim, 1), hidden=(hidden, 1), depth=(depth, 1), num_classes=(num_classes, 0)),
@@ -302,11 +303,11 @@ def conv_denoiser(
         "conv_denoiser",
         dict(channels=(channels, 1), size=(size, 2), width=(width, 1), num_classes=(num_classes, 0)),
     )
-    if _is_int(size) and size % 2:
+    if is_int(size) and size % 2:
         problems.append(
             f"The 'size' parameter of conv_denoiser must be even (two resolutions). Got {size!r}."
         )
-    _raise(problems + _even_problem("conv_denoiser", "time_embedding", time_embedding))
+    raise_problems(problems + _even_problem("conv_denoiser", "time_embedding", time_embedding))
     return ConvDenoiser(channels, size, width, num_classes, time_embedding)
 
 
@@ -314,24 +315,17 @@ def conv_denoiser(
 # validation helpers
 
 
-def _is_int(v: object) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
-
 def _int_problems(func: str, values: dict[str, tuple[object, int]]) -> list[str]:
     return [
         f"The '{name}' parameter of {func} must be an int >= {low}. Got {value!r}."
         for name, (value, low) in values.items()
-        if not (_is_int(value) and value >= low)
+        if not (is_int(value) and value >= low)
     ]
 
 
 def _even_problem(func: str, name: str, value: object) -> list[str]:
-    if _is_int(value) and value >= 2 and value % 2 == 0:
+    if is_int(value) and value >= 2 and value % 2 == 0:
         return []
     return [f"The '{name}' parameter of {func} must be an even int >= 2. Got {value!r}."]
 
 
-def _raise(problems: list[str]) -> None:
-    if problems:
-        raise ValueError("\n".join(problems))
