@@ -107,8 +107,8 @@ def test_checksum_verified_once_per_shard(tmp_path, monkeypatch):
     write_buffer(tmp_path / "buf")
     buffer = ExpertBuffer.open(tmp_path / "buf")
     hashed = []
-    real = experts_module._file_sha256
-    monkeypatch.setattr(experts_module, "_file_sha256", lambda path: hashed.append(path.name) or real(path))
+    real = experts_module.file_sha256
+    monkeypatch.setattr(experts_module, "file_sha256", lambda path: hashed.append(path.name) or real(path))
     for _ in range(3):
         buffer.segment(0, 0, 1)
         buffer.segment(2, 1, 3)

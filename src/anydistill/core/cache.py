@@ -41,7 +41,8 @@ def tensor_fingerprint(tensor: torch.Tensor, *extra: str) -> str:
     return digest.hexdigest()
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB blocks (shards can be large)."""
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -93,7 +94,7 @@ def build_cache(
                 progress.update(min(lo + batch_size, stop) - lo)
             file = staging / f"shard-{len(shards):05d}.safetensors"
             save_file({name: torch.cat(chunks).contiguous() for name, chunks in parts.items()}, str(file))
-            shards.append({"file": file.name, "start": start, "stop": stop, "sha256": _file_sha256(file)})
+            shards.append({"file": file.name, "start": start, "stop": stop, "sha256": file_sha256(file)})
         progress.close()
         manifest = {
             "format": FORMAT_VERSION,
@@ -148,7 +149,7 @@ def load_cache(
     parts: dict[str, list[torch.Tensor]] = {name: [] for name in wanted}
     for name, checksum in shards:
         file = directory / str(name)
-        if not file.is_file() or _file_sha256(file) != checksum:
+        if not file.is_file() or file_sha256(file) != checksum:
             raise CacheError(f"Shard {name} of the signal cache {directory} is missing or corrupt (checksum mismatch): {fix}.")
         try:
             tensors = load_file(str(file))

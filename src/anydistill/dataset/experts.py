@@ -20,7 +20,6 @@ the first time it is opened.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -34,6 +33,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from anydistill import __version__
+from anydistill.core.cache import file_sha256
 from anydistill.core.errors import AnydistillError
 from anydistill.core.rundir import write_atomic
 
@@ -49,14 +49,6 @@ class ExpertBufferError(AnydistillError):
 def shard_name(expert: int) -> str:
     """File name of expert ``expert``'s shard."""
     return f"expert-{expert:05d}.safetensors"
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _json_normalised(spec: dict[str, Any], what: str) -> dict[str, Any]:
@@ -147,7 +139,7 @@ class ExpertWriter:
         os.close(handle)
         try:
             save_file({TENSOR_NAME: trajectory}, temporary)
-            checksum = _file_sha256(Path(temporary))
+            checksum = file_sha256(Path(temporary))
             os.replace(temporary, path)
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
@@ -259,7 +251,7 @@ class ExpertBuffer:
         name, checksum = self._shards[expert]
         file = self.directory / name
         if expert not in self._verified:
-            if not file.is_file() or _file_sha256(file) != checksum:
+            if not file.is_file() or file_sha256(file) != checksum:
                 raise ExpertBufferError(
                     f"Shard {name} of the expert buffer {self.directory} is missing or corrupt (checksum mismatch): "
                     f"delete {self.directory} and train the experts again."
