@@ -230,8 +230,9 @@ def load_recipe(path_or_name: str, overrides: list[str] = ()) -> Recipe:
         if component.target.needs_teacher and raw_section("teacher") is None:
             problems.append(f"methods.{label}: method '{component.name}' distills from a teacher; add a `teacher:` section.")
 
-    if data is not None and data.target.missing_package():
-        problems.append(f"data: {data.target.missing_package()}")
+    missing = data.target.missing_package() if data is not None else None
+    if missing:
+        problems.append(f"data: {missing}")
     if parsed is not None and parsed.cache.enabled and data is not None and data.target(**data.kwargs).inputs_vary_per_epoch:
         problems.append(
             "cache.enabled: a teacher signal cache is invalid when the inputs change every epoch (data.augment: true): "
