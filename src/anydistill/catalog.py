@@ -52,6 +52,16 @@ MODELS = Registry(
     },
 )
 
+# One evaluator per family: every model of a recipe is scored by the same one.
+EVALUATORS = Registry(
+    "evaluator",
+    {
+        "classifier": "anydistill.classifier.evaluate:ClassifierEvaluator",
+        "dataset": "anydistill.dataset.evaluate:SynsetEvaluator",
+    },
+)
+
+EVALUATOR_INJECTED = frozenset({"data", "student_spec"})
 METHOD_INJECTED = frozenset({"student", "teacher", "optimizer"})
 MODEL_INJECTED = frozenset({"input_shape", "num_classes"})
 
@@ -79,6 +89,7 @@ class Recipe:
     trainer: TrainerSpec
     optimizer: OptimizerSpec
     cache: CacheSpec
+    evaluation: Component
     methods: dict[str, Component]
     resolved: dict[str, Any]
 
@@ -154,7 +165,7 @@ def _check_method(
     if found:
         problems.extend(found)
         return
-    shapes = {role: _dry_forward(model, input_shape, paths) if model is not None else {} for role, (model, paths) in taps.items()}
+    shapes = {role: _dry_forward(model, input_shape, paths) if model is not None and paths else {} for role, (model, paths) in taps.items()}
     for problem in method.recipe_problems(teacher_shapes=shapes["teacher"], student_shapes=shapes["student"], max_epochs=max_epochs):
         problems.append(f"methods.{label}: {problem}")
 
@@ -230,6 +241,23 @@ def load_recipe(path_or_name: str, overrides: list[str] = ()) -> Recipe:
         if component.target.needs_teacher and raw_section("teacher") is None:
             problems.append(f"methods.{label}: method '{component.name}' distills from a teacher; add a `teacher:` section.")
 
+    families = sorted({c.target.family for c in methods.values()})
+    if len(families) > 1:
+        problems.append(f"methods: a recipe distills one family of models; these methods mix {', '.join(families)}. Split the recipe.")
+    family = families[0] if len(families) == 1 else None
+    evaluation = None
+    section = raw.get("evaluation")
+    if family is not None and isinstance(section, dict | None):  # another type: parse_recipe_file reported it
+        try:
+            evaluator = EVALUATORS.get(family)
+        except LookupError:
+            problems.append(f"methods: no evaluator is registered for the '{family}' family; register one in anydistill.catalog.EVALUATORS.")
+        else:
+            values, found = validate_kwargs(evaluator, dict(section or {}), owner=f"the {family} evaluator",
+                                            where="evaluation", injected=EVALUATOR_INJECTED)
+            problems.extend(found)
+            evaluation = Component(family, evaluator, values)
+
     missing = data.target.missing_package() if data is not None else None
     if missing:
         problems.append(f"data: {missing}")
@@ -246,7 +274,7 @@ def load_recipe(path_or_name: str, overrides: list[str] = ()) -> Recipe:
             if checkpoint:
                 load_teacher_weights(teacher_model, str(checkpoint), teacher.name)
             input_shape = data.target.input_shape
-            for model in (student_model, teacher_model):
+            for model in (student_model, teacher_model) if family == "classifier" else ():  # other families take other inputs
                 if model is not None:
                     _dry_forward(model, input_shape, [])
         except Exception as error:  # any failure to build or run a model is a recipe problem, told in one line
@@ -260,7 +288,7 @@ def load_recipe(path_or_name: str, overrides: list[str] = ()) -> Recipe:
                     problems.append(f"cache.features: {error}")
             for label, component in methods.items():
                 _check_method(label, component, teacher_model, student_model, input_shape, parsed.trainer.max_epochs, problems)
-    if problems or parsed is None:
+    if problems or parsed is None or evaluation is None:
         raise RecipeError([f"{source}: {p}" for p in problems])
     resolved = parsed.model_dump(mode="json")
     resolved["data"] = {"name": data.name, **data.kwargs}
@@ -268,8 +296,12 @@ def load_recipe(path_or_name: str, overrides: list[str] = ()) -> Recipe:
         resolved["student"] = {"name": student.name, **student.kwargs}
     if teacher is not None:
         resolved["teacher"] = {"name": teacher.name, **teacher.kwargs, **({"checkpoint": checkpoint} if checkpoint else {})}
+    resolved["evaluation"] = dict(evaluation.kwargs)
     resolved["methods"] = {label: {"name": c.name, **c.kwargs} for label, c in methods.items()}
-    return Recipe(source, parsed.name, parsed.seed, data, student, teacher, checkpoint, parsed.trainer, parsed.optimizer, parsed.cache, methods, resolved)
+    return Recipe(
+        source, parsed.name, parsed.seed, data, student, teacher, checkpoint, parsed.trainer, parsed.optimizer, parsed.cache,
+        evaluation, methods, resolved,
+    )
 
 
 def load_teacher_weights(model: Any, checkpoint: str, name: str) -> None:

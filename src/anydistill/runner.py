@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import platform
 import sys
 import time
@@ -19,12 +18,12 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from anydistill import __version__
 from anydistill.catalog import Recipe, build_models, load_teacher_weights
-from anydistill.classifier.evaluate import evaluate_classifier, predict_logits
 from anydistill.core.cache import open_or_build_cache
+from anydistill.core.evaluator import Evaluator
 from anydistill.core.method import DistillationMethod
 from anydistill.core.rundir import RunDir, write_atomic
 from anydistill.core.teacher import Teacher
@@ -98,17 +97,6 @@ def make_trainer(recipe: Recipe, run_dir: RunDir, label: str) -> L.Trainer:
     )
 
 
-def export_model(model: torch.nn.Module, component_spec: dict[str, Any], directory: Path) -> Path:
-    """Save ``model`` as safetensors plus the spec that rebuilds its architecture (model.json)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / "model.safetensors"
-    partial = directory / ".model.safetensors.partial"  # renamed into place: never a half-written export
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(partial))
-    os.replace(partial, path)
-    write_atomic(directory / "model.json", json.dumps(component_spec, indent=2))
-    return path
-
-
 def run_recipe(recipe: Recipe, run_dir: RunDir, *, resume: bool = False) -> dict[str, dict[str, Any]]:
     """Train and evaluate every method of ``recipe``; returns and writes ``metrics.json``.
 
@@ -122,27 +110,18 @@ def run_recipe(recipe: Recipe, run_dir: RunDir, *, resume: bool = False) -> dict
     L.seed_everything(recipe.seed, verbose=False)  # a teacher built here (no checkpoint) is seeded too
     datamodule = recipe.data.target(**recipe.data.kwargs)
     datamodule.setup()
-    x_test, y_test = datamodule.split("test")
-    x_val, y_val = datamodule.split("val")
     _, pretrained = build_models(recipe.data, recipe.student, recipe.teacher)
     teacher = build_teacher(recipe, pretrained) if not any(c.target.trains == "teacher" for c in recipe.methods.values()) else None
+    evaluator: Evaluator = recipe.evaluation.target(data=datamodule, student_spec=recipe.resolved.get("student"), **recipe.evaluation.kwargs)
     metrics = run_dir.read_metrics() if resume else {}
 
-    teacher_predictions: dict[int, torch.Tensor] = {}  # by id of the teacher model: computed once
-
-    def evaluate(model: torch.nn.Module, **extra: Any) -> dict[str, Any]:
-        reference = None
-        if teacher is not None:
-            key = id(teacher.model)
-            if key not in teacher_predictions:
-                teacher_predictions[key] = predict_logits(teacher.model, x_test).argmax(-1)
-            reference = teacher_predictions[key]
-        val_accuracy = float((predict_logits(model, x_val).argmax(-1) == y_val).float().mean())
-        return {**evaluate_classifier(model, x_test, y_test, reference), "val_accuracy": val_accuracy, **extra}
-
-    if teacher is not None and "teacher" not in metrics and main:
-        metrics["teacher"] = evaluate(teacher.model, role="teacher", method="pretrained")
-        run_dir.write_json("metrics.json", metrics)
+    if main:
+        if teacher is not None and "teacher" not in metrics:
+            metrics["teacher"] = {**evaluator.evaluate(teacher.model, teacher, "pretrained"), "role": "teacher", "method": "pretrained"}
+            run_dir.write_json("metrics.json", metrics)
+        for label, row in evaluator.baselines(skip=set(metrics)).items():
+            metrics[label] = {**row, "role": "baseline"}
+            run_dir.write_json("metrics.json", metrics)
 
     signals: dict[str, torch.Tensor] | None = None
     for label, component in recipe.methods.items():
@@ -169,8 +148,13 @@ def run_recipe(recipe: Recipe, run_dir: RunDir, *, resume: bool = False) -> dict
         trainer = make_trainer(recipe, run_dir, label)
         log = run_dir.path / "logs" / label / "metrics.csv"
         earlier_log = read_csv_rows(log) if resume and main else []
+        checkpoint = run_dir.last_checkpoint(label) if resume else None
         started = time.perf_counter()
-        trainer.fit(method, datamodule=datamodule, ckpt_path=run_dir.last_checkpoint(label) if resume else None)
+        if component.target.own_loop:
+            method.attach_data(datamodule)
+            trainer.fit(method, ckpt_path=checkpoint)
+        else:
+            trainer.fit(method, datamodule=datamodule, ckpt_path=checkpoint)
         train_time = time.perf_counter() - started
         if earlier_log:
             restore_log_history(log, earlier_log)
@@ -178,15 +162,17 @@ def run_recipe(recipe: Recipe, run_dir: RunDir, *, resume: bool = False) -> dict
         if trains_teacher:
             teacher = Teacher(method.student, name=f"{recipe.teacher.name} (trained)")
         if main:
-            export_model(method.student, spec, run_dir.checkpoint_dir(label))
-            role = "teacher" if trains_teacher else ("baseline" if not component.target.needs_teacher else "student")
-            metrics[label] = evaluate(
-                method.student, method=component.name, role=role, train_time_s=round(train_time, 2), world_size=trainer.world_size
-            )
+            evaluator.export(method.student, spec, run_dir.checkpoint_dir(label), component.name)
+            role = "teacher" if trains_teacher else ("baseline" if component.target.baseline else "student")
+            row = evaluator.evaluate(method.student, teacher, component.name)
+            metrics[label] = {**row, "method": component.name, "role": role, "train_time_s": round(train_time, 2),
+                              "world_size": trainer.world_size}
             if trains_teacher:
                 metrics["teacher"] = metrics[label]
             run_dir.write_json("metrics.json", metrics)
     if main:
+        evaluator.summarise(metrics)
+        run_dir.write_json("metrics.json", metrics)
         write_report(run_dir.path)
     return metrics
 

@@ -1,12 +1,18 @@
-"""The classifier evaluator: one function, the same for the teacher, baselines and students."""
+"""The classifier evaluator: the same metrics for the teacher, baselines and students."""
 
 from __future__ import annotations
 
 import statistics
 import time
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
+
+from anydistill.core.evaluator import Evaluator
+from anydistill.core.export import export_model
+from anydistill.core.teacher import Teacher
 
 
 def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> float:
@@ -72,3 +78,27 @@ def evaluate_classifier(
     if teacher_predictions is not None:
         metrics["teacher_agreement"] = float((predictions == teacher_predictions).float().mean())
     return metrics
+
+
+class ClassifierEvaluator(Evaluator):
+    """Scores classifiers on the data module's test split (`evaluate_classifier`) plus validation
+    accuracy, and the agreement with the teacher's test predictions (computed once per teacher)."""
+
+    def __init__(self, data: Any, student_spec: dict[str, Any] | None = None):
+        super().__init__(data, student_spec)
+        self.x_test, self.y_test = data.split("test")
+        self.x_val, self.y_val = data.split("val")
+        self._teacher_predictions: dict[int, torch.Tensor] = {}  # by id of the teacher network
+
+    def evaluate(self, model: nn.Module, teacher: Teacher | None, method: str) -> dict[str, Any]:
+        reference = None
+        if teacher is not None:
+            key = id(teacher.model)
+            if key not in self._teacher_predictions:
+                self._teacher_predictions[key] = predict_logits(teacher.model, self.x_test).argmax(-1)
+            reference = self._teacher_predictions[key]
+        val_accuracy = float((predict_logits(model, self.x_val).argmax(-1) == self.y_val).float().mean())
+        return {**evaluate_classifier(model, self.x_test, self.y_test, reference), "val_accuracy": val_accuracy}
+
+    def export(self, model: nn.Module, spec: dict[str, Any], directory: Path, method: str) -> Path:
+        return export_model(model, spec, directory)

@@ -25,6 +25,7 @@ class Scratch(DistillationMethod):
     family = "classifier"
     paper = "baseline: cross-entropy on labels, no teacher"
     needs_teacher = False
+    baseline = True
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return _cross_entropy_step(self, batch)

@@ -29,6 +29,10 @@ class DistillationMethod(L.LightningModule):
         data: the data source it trains on ("real", "teacher-generated", "on-policy", "data-free").
         needs_teacher: whether a recipe must name a teacher.
         trains: "student", or "teacher" for the method that trains a teacher from labels.
+        baseline: a reference the students are compared with (``scratch``), not a distillation.
+        own_loop: the method draws its own batches (e.g. class-balanced real images for dataset
+            distillation): the runner calls `attach_data` and then fits with the method's own
+            ``train_dataloader`` instead of the data module's loaders.
     """
 
     family: ClassVar[str] = ""
@@ -36,6 +40,8 @@ class DistillationMethod(L.LightningModule):
     data: ClassVar[str] = "real"
     needs_teacher: ClassVar[bool] = True
     trains: ClassVar[str] = "student"
+    baseline: ClassVar[bool] = False
+    own_loop: ClassVar[bool] = False
 
     def __init__(self, student: nn.Module, teacher: Teacher | None = None, optimizer: OptimizerSpec | None = None):
         super().__init__()
@@ -43,6 +49,9 @@ class DistillationMethod(L.LightningModule):
         self.teacher = teacher  # a plain object, not a submodule: never saved, never optimized
         self.optimizer_spec = optimizer or OptimizerSpec()
         self._epoch_sums: dict[str, list] = {}  # name -> [weighted sum, count]: not model state
+
+    def attach_data(self, datamodule: Any) -> None:
+        """Called before fitting an ``own_loop`` method, with the recipe's set-up data module."""
 
     def teacher_taps(self) -> list[str]:
         """Module paths of the teacher whose outputs the method reads (validated against the model)."""

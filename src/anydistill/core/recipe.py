@@ -98,6 +98,7 @@ class RecipeFile(_Section):
     trainer: TrainerSpec = Field(default_factory=TrainerSpec)
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
     cache: CacheSpec = Field(default_factory=CacheSpec)
+    evaluation: dict[str, Any] | None = None  # settings of the family's evaluator
     methods: dict[str, dict[str, Any] | None]
 
 

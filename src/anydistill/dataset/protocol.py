@@ -65,6 +65,7 @@ from torch.optim import SGD
 
 from anydistill.core.checks import is_finite_number, is_int
 from anydistill.dataset.augment import SiameseAugment
+from anydistill.dataset.dc_augment import dc_augment
 
 __all__ = ["EvalProtocol", "train_and_test", "evaluate_set", "gap_closed"]
 
@@ -87,6 +88,8 @@ class EvalProtocol:
         dsa_strategy: the DSA strategy applied per image while training, or ``None`` (also ``''``
             or ``'none'``) for no augmentation.
         num_models: ``K``, the number of fresh models `evaluate_set` trains when not given seeds.
+        dc_augment: DC's MNIST augmentation (`anydistill.dataset.dc_augment`) per training
+            minibatch instead of DSA (the DC protocol for MNIST: ``epochs=1000``, ``dsa_strategy=None``).
     """
 
     epochs: int = 1000
@@ -97,6 +100,7 @@ class EvalProtocol:
     lr_decay: float = 0.1
     dsa_strategy: str | None = "color_crop_cutout_flip_scale_rotate"
     num_models: int = 5
+    dc_augment: bool = False
 
     def __post_init__(self):
         problems = []
@@ -116,6 +120,10 @@ class EvalProtocol:
                 SiameseAugment(self.dsa_strategy)
             except ValueError as error:
                 problems.append(f"The 'dsa_strategy' parameter of EvalProtocol is invalid: {error}")
+        if not isinstance(self.dc_augment, bool):
+            problems.append(f"The 'dc_augment' parameter of EvalProtocol must be a bool. Got {self.dc_augment!r}.")
+        elif self.dc_augment and str(self.dsa_strategy).strip().lower() not in ("", "none"):
+            problems.append("EvalProtocol got both dc_augment=True and a DSA strategy; choose one (dsa_strategy=None for DC's).")
         if problems:
             raise ValueError("\n".join(problems))
 
@@ -190,6 +198,8 @@ def train_and_test(
             x, y = train_x[batch], train_y[batch]
             if augment is not None:
                 x = augment(x, generator)  # an independent draw per image (official seed == -1)
+            elif protocol.dc_augment:
+                x = dc_augment(x, generator)
             logits = model(x)
             loss = _soft_cross_entropy(logits, y) if soft else F.cross_entropy(logits, y)
             optimizer.zero_grad()

@@ -1,0 +1,40 @@
+"""`Evaluator`: how a family scores, exports and compares what its methods train.
+
+Every model of a run (teacher, baselines, students) is measured by the same evaluator instance,
+so the numbers in one ``metrics.json`` are comparable. A recipe's ``evaluation:`` section holds
+the keyword arguments of its family's evaluator; the runner injects ``data`` (the set-up data
+module) and ``student_spec`` (the recipe's resolved ``student`` section).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from anydistill.core.teacher import Teacher
+
+
+class Evaluator:
+    """Base class; the defaults do nothing, so a family overrides only what it needs."""
+
+    def __init__(self, data: Any, student_spec: dict[str, Any] | None = None):
+        self.data = data
+        self.student_spec = student_spec or {}
+
+    def baselines(self, skip: set[str]) -> dict[str, dict[str, Any]]:
+        """Rows measured once per run without any method (random subsets, full data...): ``label -> row``.
+        Labels in ``skip`` are already measured (a resumed run) and are not measured again."""
+        return {}
+
+    def evaluate(self, model: nn.Module, teacher: Teacher | None, method: str) -> dict[str, Any]:
+        """One row of metrics for ``model``, trained by ``method``; ``teacher`` is the run's teacher (or ``None``)."""
+        raise NotImplementedError
+
+    def export(self, model: nn.Module, spec: dict[str, Any], directory: Path, method: str) -> Path:
+        """Write ``model`` under ``directory`` so that it can be used without anydistill's run."""
+        raise NotImplementedError
+
+    def summarise(self, metrics: dict[str, dict[str, Any]]) -> None:
+        """Add cross-row figures (e.g. the gap closed) to ``metrics`` in place, once all rows exist."""
