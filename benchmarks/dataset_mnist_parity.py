@@ -33,17 +33,19 @@ def main() -> None:
     parser.add_argument("--subsets-ipc10", type=int, default=5)
     parser.add_argument("--full-epochs", type=int, default=4)
     parser.add_argument("--full-models", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     data = MNISTData()
     data.setup()
     x_train, y_train = data.split("train")
     x_test, y_test = data.split("test")
     protocol = EvalProtocol(epochs=1000, dsa_strategy=None, dc_augment=True, num_models=1)
     partial = RESULTS / "dataset_mnist_parity.partial.json"
-    runs: dict[str, list[dict]] = {"1": [], "10": [], "full": []}
+    # An interrupted run continues where it stopped (every finished model is in the partial file).
+    runs: dict[str, list[dict]] = json.loads(partial.read_text()) if partial.exists() else {"1": [], "10": [], "full": []}
     for ipc, count in ((1, args.subsets_ipc1), (10, args.subsets_ipc10)):
-        for seed in range(count):
+        for seed in range(len(runs[str(ipc)]), count):
             started = time.perf_counter()
             picks = random_subset(y_train, ipc, torch.Generator().manual_seed(seed))
             torch.manual_seed(seed)
@@ -55,7 +57,7 @@ def main() -> None:
             partial.write_text(json.dumps(runs, indent=1))
     # Full data: the same evaluator, fewer epochs (the published 99.6 trains far longer).
     full_protocol = EvalProtocol(epochs=args.full_epochs, dsa_strategy=None, dc_augment=False, num_models=1)
-    for seed in range(args.full_models):
+    for seed in range(len(runs["full"]), args.full_models):
         started = time.perf_counter()
         torch.manual_seed(seed)
         accuracy = train_and_test(convnet(1, 10, 28), x_train, y_train, x_test, y_test, full_protocol,

@@ -40,6 +40,10 @@ METHODS = Registry(
         "fitnets": "anydistill.classifier.fitnets:FitNets",
         "attention-transfer": "anydistill.classifier.attention_transfer:AttentionTransfer",
         "dkd": "anydistill.classifier.dkd:DKD",
+        "dc": "anydistill.dataset.dc:DC",
+        "dsa": "anydistill.dataset.dc:DSA",
+        "dm": "anydistill.dataset.dm:DM",
+        "mtt": "anydistill.dataset.mtt:MTT",
     },
 )
 DATA = Registry("data module", {"digits": "anydistill.zoo.digits:DigitsData", "mnist": "anydistill.zoo.mnist:MNISTData"})
@@ -47,6 +51,7 @@ MODELS = Registry(
     "model",
     {
         "mlp": "anydistill.zoo.models:mlp",
+        "synthetic-set": "anydistill.dataset.synset:synthetic_set",
         "small-cnn": "anydistill.zoo.models:small_cnn",
         "ccexam-mnistnet": "anydistill.zoo.teachers:ccexam_mnistnet",
     },
@@ -61,7 +66,7 @@ EVALUATORS = Registry(
     },
 )
 
-EVALUATOR_INJECTED = frozenset({"data", "student_spec"})
+EVALUATOR_INJECTED = frozenset({"data", "student_spec", "data_name"})
 METHOD_INJECTED = frozenset({"student", "teacher", "optimizer"})
 MODEL_INJECTED = frozenset({"input_shape", "num_classes"})
 
@@ -256,6 +261,7 @@ def load_recipe(path_or_name: str, overrides: list[str] = ()) -> Recipe:
             values, found = validate_kwargs(evaluator, dict(section or {}), owner=f"the {family} evaluator",
                                             where="evaluation", injected=EVALUATOR_INJECTED)
             problems.extend(found)
+            problems.extend(f"evaluation: {p}" for p in ([] if found else evaluator.settings_problems(values)))
             evaluation = Component(family, evaluator, values)
 
     missing = data.target.missing_package() if data is not None else None

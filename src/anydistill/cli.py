@@ -1,4 +1,4 @@
-"""The `anydistill` command: demo, run, validate, methods, recipes, report.
+"""The `anydistill` command: demo, run, validate, methods, recipes, evaluate-synset, report.
 
 User errors (bad recipes, missing files or packages, a run directory that exists) print one line
 per problem, no traceback, and exit with status 2; nothing is written before validation passes.
@@ -105,6 +105,50 @@ def command_recipes(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_evaluate_synset(args: argparse.Namespace) -> int:
+    from anydistill.catalog import DATA, EVALUATOR_INJECTED
+    from anydistill.core.recipe import apply_override, validate_kwargs
+    from anydistill.dataset.evaluate import SynsetEvaluator
+    from anydistill.dataset.synset import SyntheticSet
+    from anydistill.report import console_table
+
+    synset, manifest = SyntheticSet.load(args.path)
+    data_name = args.data or manifest.get("source", {}).get("data")
+    if not data_name:
+        raise AnydistillError(f"{args.path} does not record the data it was distilled from: pass --data NAME (e.g. --data mnist).")
+    try:
+        data_cls = DATA.get(data_name)
+    except LookupError as error:
+        raise AnydistillError(f"--data: {error}") from None
+    if data_cls.missing_package():
+        raise AnydistillError(data_cls.missing_package())
+    datamodule = data_cls()
+    datamodule.setup()
+    recorded = manifest.get("source", {}).get("fingerprint")
+    if recorded != datamodule.fingerprint("train") and not args.data:
+        raise AnydistillError(
+            f"{args.path} was distilled from other data than this '{data_name}' training split (fingerprint mismatch); "
+            "pass --data NAME to evaluate it on a data module anyway."
+        )
+    settings: dict = {}
+    problems = [p for p in (apply_override(settings, a) for a in args.set) if p]
+    settings["baselines"] = tuple(b for b in args.baselines.split(",") if b)
+    values, found = validate_kwargs(SynsetEvaluator, settings, owner="the dataset evaluator", where="--set", injected=EVALUATOR_INJECTED)
+    found = found or SynsetEvaluator.settings_problems(values)
+    if problems or found:
+        raise AnydistillError("\n".join(problems + found))
+    evaluator = SynsetEvaluator(datamodule, {"ipc": synset.ipc}, data_name, **values)
+    rows = {"synset": {**evaluator.evaluate(synset, None, manifest.get("method", "?")), "method": manifest.get("method")}}
+    rows.update(evaluator.baselines(skip=set()))
+    evaluator.summarise(rows)
+    from rich.console import Console
+
+    Console(width=None if sys.stdout.isatty() else 140).print(console_table(rows, title=f"{args.path}: {data_name} test split"))
+    if args.out:
+        Path(args.out).write_text(json.dumps({"rows": rows, "protocol": evaluator.card()}, indent=2) + "\n")
+    return 0
+
+
 def command_report(args: argparse.Namespace) -> int:
     from anydistill.core.rundir import RunDir
     from anydistill.report import write_report
@@ -144,6 +188,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     recipes = commands.add_parser("recipes", help="list the recipes shipped with anydistill")
     recipes.set_defaults(handler=command_recipes)
+
+    evaluate = commands.add_parser("evaluate-synset", help="score a saved synthetic set with the standard protocol")
+    evaluate.add_argument("path", help="a directory written by a dataset-distillation run (checkpoints/<label>)")
+    evaluate.add_argument("--data", help="data module to test on (default: the one recorded in the set's manifest)")
+    evaluate.add_argument("--baselines", default="", help="also measure these, comma-separated: random,herding,k-center,full-data")
+    evaluate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="evaluator setting, e.g. epochs=300 num_models=3")
+    evaluate.add_argument("--out", help="write the rows and the protocol card to this JSON file")
+    evaluate.set_defaults(handler=command_evaluate_synset)
 
     report = commands.add_parser("report", help="re-render report.md and plots of a run directory")
     report.add_argument("run_dir")

@@ -112,7 +112,9 @@ def run_recipe(recipe: Recipe, run_dir: RunDir, *, resume: bool = False) -> dict
     datamodule.setup()
     _, pretrained = build_models(recipe.data, recipe.student, recipe.teacher)
     teacher = build_teacher(recipe, pretrained) if not any(c.target.trains == "teacher" for c in recipe.methods.values()) else None
-    evaluator: Evaluator = recipe.evaluation.target(data=datamodule, student_spec=recipe.resolved.get("student"), **recipe.evaluation.kwargs)
+    evaluator: Evaluator = recipe.evaluation.target(
+        data=datamodule, student_spec=recipe.resolved.get("student"), data_name=recipe.data.name, **recipe.evaluation.kwargs
+    )
     metrics = run_dir.read_metrics() if resume else {}
 
     if main:
@@ -173,6 +175,8 @@ def run_recipe(recipe: Recipe, run_dir: RunDir, *, resume: bool = False) -> dict
     if main:
         evaluator.summarise(metrics)
         run_dir.write_json("metrics.json", metrics)
+        if evaluator.card():
+            run_dir.write_json("evaluation.json", evaluator.card())
         write_report(run_dir.path)
     return metrics
 

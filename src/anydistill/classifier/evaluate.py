@@ -84,8 +84,8 @@ class ClassifierEvaluator(Evaluator):
     """Scores classifiers on the data module's test split (`evaluate_classifier`) plus validation
     accuracy, and the agreement with the teacher's test predictions (computed once per teacher)."""
 
-    def __init__(self, data: Any, student_spec: dict[str, Any] | None = None):
-        super().__init__(data, student_spec)
+    def __init__(self, data: Any, student_spec: dict[str, Any] | None = None, data_name: str | None = None):
+        super().__init__(data, student_spec, data_name)
         self.x_test, self.y_test = data.split("test")
         self.x_val, self.y_val = data.split("val")
         self._teacher_predictions: dict[int, torch.Tensor] = {}  # by id of the teacher network

@@ -3,7 +3,8 @@
 Every model of a run (teacher, baselines, students) is measured by the same evaluator instance,
 so the numbers in one ``metrics.json`` are comparable. A recipe's ``evaluation:`` section holds
 the keyword arguments of its family's evaluator; the runner injects ``data`` (the set-up data
-module) and ``student_spec`` (the recipe's resolved ``student`` section).
+module), ``student_spec`` (the recipe's resolved ``student`` section) and ``data_name`` (the data
+module's registry name).
 """
 
 from __future__ import annotations
@@ -19,9 +20,15 @@ from anydistill.core.teacher import Teacher
 class Evaluator:
     """Base class; the defaults do nothing, so a family overrides only what it needs."""
 
-    def __init__(self, data: Any, student_spec: dict[str, Any] | None = None):
+    def __init__(self, data: Any, student_spec: dict[str, Any] | None = None, data_name: str | None = None):
         self.data = data
         self.student_spec = student_spec or {}
+        self.data_name = data_name
+
+    @classmethod
+    def settings_problems(cls, settings: dict[str, Any]) -> list[str]:
+        """Problems with the recipe's ``evaluation:`` values beyond their types (ranges, combinations)."""
+        return []
 
     def baselines(self, skip: set[str]) -> dict[str, dict[str, Any]]:
         """Rows measured once per run without any method (random subsets, full data...): ``label -> row``.
@@ -38,3 +45,7 @@ class Evaluator:
 
     def summarise(self, metrics: dict[str, dict[str, Any]]) -> None:
         """Add cross-row figures (e.g. the gap closed) to ``metrics`` in place, once all rows exist."""
+
+    def card(self) -> dict[str, Any]:
+        """How the rows were measured, written as ``evaluation.json`` when not empty."""
+        return {}

@@ -190,7 +190,7 @@ def validate_kwargs(
     return {name: getattr(validated, name) for name in fields}, []
 
 
-def _apply_override(raw: dict[str, Any], assignment: str) -> str | None:
+def apply_override(raw: dict[str, Any], assignment: str) -> str | None:
     """Apply one ``key.sub=value`` override in place; return a problem line or None."""
     key, sep, text = assignment.partition("=")
     if not sep or not key:
@@ -237,7 +237,7 @@ def parse_recipe_file(raw: Any, overrides: list[str] = ()) -> tuple[RecipeFile |
     """
     if not isinstance(raw, dict):
         return None, ["a recipe must be a YAML mapping with keys name, data, student, teacher, methods, ..."]
-    problems = [p for p in (_apply_override(raw, a) for a in overrides) if p]
+    problems = [p for p in (apply_override(raw, a) for a in overrides) if p]
     try:
         parsed = RecipeFile.model_validate(raw)
     except pydantic.ValidationError as error:

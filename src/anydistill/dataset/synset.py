@@ -44,7 +44,7 @@ import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -57,7 +57,7 @@ from anydistill import __version__
 from anydistill.core.checks import is_int
 from anydistill.core.errors import AnydistillError
 
-__all__ = ["SyntheticSet", "SynsetError", "LABEL_INIT_SCALE", "GRID_MAX_PER_CLASS"]
+__all__ = ["SyntheticSet", "SynsetError", "synthetic_set", "LABEL_INIT_SCALE", "GRID_MAX_PER_CLASS"]
 
 FORMAT_VERSION = 1
 LABEL_INIT_SCALE = 10.0
@@ -245,7 +245,10 @@ class SyntheticSet(nn.Module):
             expected["labels"] = ([n], torch.int64)
         return expected
 
-    def save(self, directory: str | Path, *, source_fingerprint: str, method: str, normalisation: dict[str, Any]) -> Path:
+    def save(
+        self, directory: str | Path, *, source_fingerprint: str, method: str, normalisation: dict[str, Any],
+        source_data: str | None = None,
+    ) -> Path:
         """Write ``synset.safetensors``, ``manifest.json`` and ``grid.png`` into ``directory``.
 
         Each file is written atomically; other files in ``directory`` are left alone.
@@ -257,6 +260,8 @@ class SyntheticSet(nn.Module):
             method: the distillation method's name (e.g. ``"mtt"``).
             normalisation: ``{"mean": [...], "std": [...]}``, one float per channel (or one for all),
                 the normalisation of ``images``; used to de-normalise the grid and kept for users.
+            source_data: the registry name of the data module it was distilled from (``"mnist"``),
+                so that ``anydistill evaluate-synset`` finds the test set.
 
         Returns:
             the directory.
@@ -299,7 +304,7 @@ class SyntheticSet(nn.Module):
             "learn_labels": self.learn_labels,
             "learn_lr": self.learn_lr,
             "initial_lr": self.initial_lr,
-            "source": {"fingerprint": source_fingerprint},
+            "source": {"fingerprint": source_fingerprint, **({"data": source_data} if source_data else {})},
             "method": method,
             "normalisation": stats,
             "files": {TENSORS_FILE: {"sha256": _sha256(payload)}},
@@ -426,3 +431,20 @@ class SyntheticSet(nn.Module):
             else:
                 synset.hard_labels.copy_(tensors["labels"])
         return synset, manifest
+
+
+def synthetic_set(
+    input_shape: Sequence[int],
+    num_classes: int,
+    *,
+    ipc: int,
+    init: Literal["real", "noise"] = "real",
+    learn_labels: bool = False,
+    learn_lr: bool = False,
+    initial_lr: float = 0.01,
+) -> SyntheticSet:
+    """The recipe's ``student: {name: synthetic-set, ipc: ...}``: an empty set the method fills at
+    fit time, from ``ipc`` random real images per class (``init: real``) or Gaussian noise."""
+    synset = SyntheticSet(num_classes, ipc, input_shape, learn_labels=learn_labels, learn_lr=learn_lr, initial_lr=initial_lr)
+    synset.init = init
+    return synset

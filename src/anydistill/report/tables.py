@@ -21,13 +21,13 @@ MISSING = "—"
 
 # Known metrics come first, in this order, because readers compare quality before cost;
 # every other numeric key follows alphabetically so the layout is stable across runs.
-KNOWN_ORDER = ("accuracy", "ece", "params", "latency_ms", "teacher_agreement")
+KNOWN_ORDER = ("accuracy", "accuracy_std", "gap_closed", "ece", "params", "latency_ms", "teacher_agreement")
 
 # Numbers about how a model was run, not how good it is: kept in metrics.json, not in tables.
 NOT_METRICS = frozenset({"world_size", "threads"})
 
 # Fractions in 0..1 that read best as percentages.
-PERCENT_KEYS = frozenset({"accuracy", "teacher_agreement", "val_accuracy"})
+PERCENT_KEYS = frozenset({"accuracy", "accuracy_std", "teacher_agreement", "val_accuracy"})
 
 HEADERS = {
     "accuracy": "accuracy (%)",
@@ -36,6 +36,8 @@ HEADERS = {
     "latency_ms": "latency (ms)",
     "teacher_agreement": "teacher agreement (%)",
     "val_accuracy": "val accuracy (%)",
+    "accuracy_std": "± std (%)",
+    "gap_closed": "gap closed",
     "train_time_s": "train time (s)",
 }
 

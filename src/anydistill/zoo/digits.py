@@ -17,6 +17,7 @@ class DigitsData(TensorClassificationData):
     input_shape = (1, 8, 8)
     num_classes = 10
     transform = "pixels/16, standardised with train mean 0.3060 std 0.3763"
+    normalisation = {"mean": [0.3060], "std": [0.3763]}
 
     def load_splits(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         from sklearn.datasets import load_digits

@@ -43,6 +43,7 @@ class MNISTData(TensorClassificationData):
     input_shape = (1, 28, 28)
     num_classes = 10
     transform = f"pixels in [0,1], (x - {MNIST_MEAN}) / {MNIST_STD}"
+    normalisation = {"mean": [MNIST_MEAN], "std": [MNIST_STD]}
 
     @classmethod
     def missing_package(cls) -> str | None:

@@ -110,6 +110,7 @@ class TensorClassificationData(L.LightningDataModule):
     input_shape: ClassVar[tuple[int, ...]] = ()
     num_classes: ClassVar[int] = 0
     transform: ClassVar[str] = ""
+    normalisation: ClassVar[dict[str, list[float]]] = {"mean": [0.0], "std": [1.0]}  # of the inputs, per channel
 
     def __init__(
         self,
