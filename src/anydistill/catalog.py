@@ -44,9 +44,19 @@ METHODS = Registry(
         "dsa": "anydistill.dataset.dc:DSA",
         "dm": "anydistill.dataset.dm:DM",
         "mtt": "anydistill.dataset.mtt:MTT",
+        "diffusion-teacher": "anydistill.diffusion.train_teacher:DiffusionTeacherTraining",
     },
 )
-DATA = Registry("data module", {"digits": "anydistill.zoo.digits:DigitsData", "mnist": "anydistill.zoo.mnist:MNISTData"})
+DATA = Registry(
+    "data module",
+    {
+        "digits": "anydistill.zoo.digits:DigitsData",
+        "mnist": "anydistill.zoo.mnist:MNISTData",
+        "toy2d": "anydistill.zoo.toy2d_data:Toy2DData",
+        "toy2d-conditional": "anydistill.zoo.toy2d_data:Toy2DConditionalData",
+        "digits-generation": "anydistill.zoo.digits_generation:DigitsGenerationData",
+    },
+)
 MODELS = Registry(
     "model",
     {
@@ -54,6 +64,8 @@ MODELS = Registry(
         "synthetic-set": "anydistill.dataset.synset:synthetic_set",
         "small-cnn": "anydistill.zoo.models:small_cnn",
         "ccexam-mnistnet": "anydistill.zoo.teachers:ccexam_mnistnet",
+        "mlp-denoiser": "anydistill.zoo.diffusion_models:mlp_flow_denoiser",
+        "conv-denoiser": "anydistill.zoo.diffusion_models:conv_flow_denoiser",
     },
 )
 
@@ -63,6 +75,7 @@ EVALUATORS = Registry(
     {
         "classifier": "anydistill.classifier.evaluate:ClassifierEvaluator",
         "dataset": "anydistill.dataset.evaluate:SynsetEvaluator",
+        "diffusion": "anydistill.diffusion.evaluate:DiffusionEvaluator",
     },
 )
 

@@ -132,7 +132,7 @@ def command_evaluate_synset(args: argparse.Namespace) -> int:
         )
     settings: dict = {}
     problems = [p for p in (apply_override(settings, a) for a in args.set) if p]
-    settings["baselines"] = tuple(b for b in args.baselines.split(",") if b)
+    settings["baselines"] = [b for b in args.baselines.split(",") if b]
     values, found = validate_kwargs(SynsetEvaluator, settings, owner="the dataset evaluator", where="--set", injected=EVALUATOR_INJECTED)
     found = found or SynsetEvaluator.settings_problems(values)
     if problems or found:

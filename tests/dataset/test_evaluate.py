@@ -42,7 +42,7 @@ def test_baselines_and_gap_closed(digits) -> None:
 
 
 def test_resumed_run_skips_measured_baselines(digits) -> None:
-    evaluator = SynsetEvaluator(digits, {"ipc": 1}, "digits", **{**FAST, "baselines": ("random", "herding")})
+    evaluator = SynsetEvaluator(digits, {"ipc": 1}, "digits", **{**FAST, "baselines": ["random", "herding"]})
     assert list(evaluator.baselines(skip={"random"})) == ["herding"]
 
 

@@ -58,7 +58,7 @@ class SynsetEvaluator(Evaluator):
         num_models: int = 5,
         net_width: int = 128,
         net_depth: int = 3,
-        baselines: tuple[Baseline, ...] = ("random", "herding", "k-center", "full-data"),
+        baselines: list[Baseline] = ("random", "herding", "k-center", "full-data"),  # a tuple: an immutable default
         random_subsets: int = 3,
         full_data_epochs: int = 20,
         use_learned_lr: bool = True,

@@ -1,0 +1,234 @@
+"""The diffusion family's evaluator: every model sampled at its NFEs from the same noise, scored
+against the held-out test split.
+
+Rows (one per model, keys suffixed ``@<NFE>``):
+
+* 2-D data: sliced Wasserstein-2 (256 projections) ``swd``, multi-bandwidth RBF ``mmd``, and for
+  Gaussian mixtures mode ``coverage`` and ``high_quality`` fraction (within 3 std of a mode);
+  ``coupling``: mean ``|G(z) - ODE_teacher(z)|`` against the teacher's many-step ODE solution from
+  the same noise.
+* 8x8 digits: ``fd``, the Fréchet distance in the features of a digit classifier trained here
+  (`anydistill.diffusion.digit_features`); ``class_acc``, the fraction of conditional samples the
+  classifier assigns to their label; ``diversity``, the mean within-class pairwise distance.
+* Always: ``ms_per_sample`` (wall-clock per sample at that NFE, batch of ``num_samples``, this
+  machine) and, for models sampled with an ODE solver, ``straightness`` of their Euler trajectory.
+
+The teacher (a model without a ``sampling`` spec) is measured at ``teacher_steps`` (>= 50 by
+default) and at each of ``student_steps``; a student at the NFEs its method declares. `export`
+writes ``model.safetensors`` + ``model.json`` (with the sampling spec) and ``samples.png``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from anydistill.core.evaluator import Evaluator
+from anydistill.core.export import export_model
+from anydistill.core.recipe import PositiveInt
+from anydistill.core.teacher import Teacher
+from anydistill.diffusion import sample_metrics as sm
+from anydistill.diffusion.common import ODE_SAMPLERS, check_denoiser, labels_for, model_classes, schedule_of
+from anydistill.diffusion.digit_features import digit_classifier, features_and_logits, frechet_distance, per_class_diversity
+from anydistill.diffusion.generate import generate
+from anydistill.diffusion.plots import sample_panels
+from anydistill.diffusion.samplers import time_grid
+
+
+class DiffusionEvaluator(Evaluator):
+    """Scores generators; see the module docstring.
+
+    Args:
+        num_samples: samples per model and NFE (fixed noise, seeded by ``sample_seed``).
+        teacher_steps: the teacher's many-step reference (its ODE sampler's step count).
+        teacher_sampler: ``euler``, ``heun`` or ``ddim``: how a plain denoiser is sampled.
+        student_steps: the step counts the teacher is also measured at (the students').
+        cfg: classifier-free guidance weight for conditional teachers (``None``: conditional, unguided).
+        sample_seed: seeds the noise and labels shared by every model.
+        straightness_steps: Euler steps of the trajectory whose straightness is reported.
+        classifier_epochs: training epochs of the digit feature classifier.
+        plots: write ``samples.png`` beside each export.
+    """
+
+    def __init__(
+        self,
+        data: Any,
+        student_spec: dict[str, Any] | None = None,
+        data_name: str | None = None,
+        *,
+        num_samples: PositiveInt = 2000,
+        teacher_steps: PositiveInt = 64,
+        teacher_sampler: Literal["euler", "heun", "ddim"] = "euler",
+        student_steps: list[PositiveInt] = [1, 2, 4],  # noqa: B006
+        cfg: float | None = None,
+        sample_seed: int = 0,
+        straightness_steps: PositiveInt = 32,
+        classifier_epochs: PositiveInt = 30,
+        plots: bool = True,
+    ):
+        super().__init__(data, student_spec, data_name)
+        self.num_samples, self.teacher_steps, self.teacher_sampler = num_samples, teacher_steps, teacher_sampler
+        self.student_steps, self.cfg, self.sample_seed = sorted(set(student_steps)), cfg, sample_seed
+        self.straightness_steps, self.classifier_epochs, self.plots = straightness_steps, classifier_epochs, plots
+        self.x_test, self.y_test = data.split("test")
+        self.is_points = self.x_test.ndim == 2
+        name = getattr(data, "name", None)
+        from anydistill.zoo import toy2d
+
+        self.modes = toy2d.modes(name) if self.is_points and name in toy2d._MIXTURES else None
+        self.mode_std = toy2d.mode_std(name) if self.modes is not None else None
+        self._references: dict[int, Tensor] = {}  # teacher ODE samples, by id of the teacher network
+        self._pending: tuple[int, dict] | None = None  # samples drawn by export, reused by evaluate
+        self._classifier_accuracy: float | None = None
+
+    @classmethod
+    def settings_problems(cls, settings: dict[str, Any]) -> list[str]:
+        problems = []
+        if settings.get("teacher_steps", 64) < 2:
+            problems.append("teacher_steps must be >= 2 (the teacher's many-step reference; 50 or more is usual).")
+        return problems
+
+    # ------------------------------------------------------------------ sampling
+
+    def noise(self, model: nn.Module) -> tuple[Tensor, Tensor | None]:
+        """The fixed noise ``[num_samples, *shape]`` (the model schedule's std) and labels (or None)."""
+        generator = torch.Generator().manual_seed(self.sample_seed)
+        shape = (self.num_samples, *self.x_test.shape[1:])
+        z = torch.randn(shape, generator=generator) * schedule_of(model).noise_std
+        return z, labels_for(self.num_samples, model_classes(model))
+
+    def plan(self, model: nn.Module) -> tuple[dict[str, Any], list[int]]:
+        """The sampling spec and the step counts a model is measured at."""
+        spec = getattr(model, "sampling", None)
+        if spec is None:  # a plain denoiser: the teacher
+            return {"sampler": self.teacher_sampler, "cfg": self.cfg}, sorted({self.teacher_steps, *self.student_steps})
+        return spec, sorted(set(spec.get("steps", [1])))
+
+    def draw(self, model: nn.Module) -> dict[int, dict[str, Any]]:
+        """``{NFE: {"x": samples, "seconds": wall time}}`` for every step count of the model's plan."""
+        model = model.cpu()
+        spec, steps = self.plan(model)
+        z, cond = self.noise(model)
+        drawn = {}
+        for n in steps:
+            generator = torch.Generator().manual_seed(self.sample_seed + 1)
+            start = time.perf_counter()
+            result = generate(model, z, cond, n, sampling=spec, generator=generator)
+            drawn[result.nfe] = {"x": result.x0, "seconds": time.perf_counter() - start, "steps": n}
+        return drawn
+
+    def reference(self, teacher: Teacher | None) -> Tensor | None:
+        """The teacher's ODE solution at ``teacher_steps`` from the shared noise (cached per teacher)."""
+        if teacher is None:
+            return None
+        key = id(teacher.model)
+        if key not in self._references:
+            z, cond = self.noise(teacher.model)
+            spec = {"sampler": self.teacher_sampler, "cfg": self.cfg}
+            self._references[key] = generate(teacher.model.cpu(), z, cond, self.teacher_steps, sampling=spec).x0
+        return self._references[key]
+
+    # ------------------------------------------------------------------ metrics
+
+    def evaluate(self, model: nn.Module, teacher: Teacher | None, method: str) -> dict[str, Any]:
+        check_denoiser(model, "the diffusion evaluator")
+        if self._pending is not None and self._pending[0] == id(model):
+            drawn = self._pending[1]
+        else:
+            drawn = self.draw(model)
+        self._pending = None
+        reference = self.reference(teacher) if teacher is not None else None
+        _, cond = self.noise(model)
+        row: dict[str, Any] = {"params": sum(p.numel() for p in model.parameters()), "nfe": min(drawn)}
+        for nfe, item in drawn.items():
+            x = item["x"].float()
+            row[f"ms_per_sample@{nfe}"] = round(1000 * item["seconds"] / self.num_samples, 5)
+            for key, value in self.scores(x, cond).items():
+                row[f"{key}@{nfe}"] = value
+            if reference is not None and reference.shape == x.shape:
+                row[f"coupling@{nfe}"] = sm.coupling_error(x, reference)
+        spec, _ = self.plan(model)
+        if spec.get("sampler") in ODE_SAMPLERS:
+            row["straightness"] = self.straightness(model, spec)
+        return row
+
+    def scores(self, x: Tensor, cond: Tensor | None) -> dict[str, float]:
+        """Distances of samples ``x`` to the test split (see the module docstring)."""
+        finite = torch.isfinite(x.flatten(1)).all(1)
+        if not bool(finite.all()):
+            return {"finite": float(finite.float().mean())}
+        if self.is_points:
+            generator = torch.Generator().manual_seed(0)
+            out = {"swd": sm.sliced_wasserstein(x, self.x_test, 256, generator), "mmd": sm.mmd_rbf(x, self.x_test)}
+            if self.modes is not None:
+                out["coverage"], out["high_quality"] = sm.mode_coverage(x, self.modes, self.mode_std)
+            return out
+        net, accuracy = self.classifier()
+        feats, logits = features_and_logits(net, x)
+        real_feats, _ = features_and_logits(net, self.x_test)
+        out = {"fd": frechet_distance(feats, real_feats)}
+        labels = cond if cond is not None else logits.argmax(-1)
+        if cond is not None:
+            out["class_acc"] = float((logits.argmax(-1) == cond).float().mean())
+        out["diversity"] = per_class_diversity(x, labels)
+        return out
+
+    def classifier(self) -> tuple[nn.Module, float]:
+        x, y = self.data.split("train")
+        net, accuracy = digit_classifier(x, y, self.x_test, self.y_test, self.data.fingerprint("train"), self.classifier_epochs)
+        self._classifier_accuracy = accuracy
+        return net, accuracy
+
+    @torch.no_grad()
+    def straightness(self, model: nn.Module, spec: dict[str, Any]) -> float:
+        """Straightness (Liu et al. 2022) of the model's Euler ODE trajectory from the shared noise."""
+        z, cond = self.noise(model)
+        n = min(self.num_samples, 500)
+        sampling = {"sampler": "euler", "cfg": spec.get("cfg")}
+        result = generate(model, z[:n], cond[:n] if cond is not None else None, self.straightness_steps,
+                          sampling=sampling, return_trajectory=True)
+        times = time_grid(schedule_of(model), self.straightness_steps)
+        return sm.straightness(torch.stack(result.trajectory), times)
+
+    # ------------------------------------------------------------------ export and card
+
+    def export(self, model: nn.Module, spec: dict[str, Any], directory: Path, method: str) -> Path:
+        path = export_model(model, {**spec, "sampling": getattr(model, "sampling", None)}, directory)
+        if self.plots:
+            drawn = self.draw(model)
+            self._pending = (id(model), drawn)
+            reference = self.x_test if self.is_points else None
+            sample_panels({nfe: d["x"] for nfe, d in drawn.items()}, directory / "samples.png", method, reference)
+        return path
+
+    def summarise(self, metrics: dict[str, dict[str, Any]]) -> None:
+        """Add each row's ratio of its best metric at its fewest NFE to the teacher's at many steps."""
+        teacher = metrics.get("teacher")
+        if not teacher:
+            return
+        key = "swd" if self.is_points else "fd"
+        many = max((int(k.split("@")[1]) for k in teacher if k.startswith(f"{key}@")), default=None)
+        if many is None or not teacher.get(f"{key}@{many}"):
+            return
+        for row in metrics.values():
+            if f"{key}@{row.get('nfe')}" in row:
+                row[f"{key}_vs_teacher@{many}"] = round(row[f"{key}@{row['nfe']}"] / teacher[f"{key}@{many}"], 4)
+
+    def card(self) -> dict[str, Any]:
+        card = {
+            "num_samples": self.num_samples, "teacher_steps": self.teacher_steps, "teacher_sampler": self.teacher_sampler,
+            "student_steps": self.student_steps, "cfg": self.cfg, "sample_seed": self.sample_seed,
+            "test_points": int(self.x_test.shape[0]),
+            "metrics": "swd: sliced W2 (256 projections); mmd: unbiased RBF MMD^2; coverage/high_quality: 3-std modes; "
+                       "coupling: mean |G(z) - ODE_teacher(z)| at teacher_steps; fd: Frechet distance in a local "
+                       "digit classifier's features; class_acc: classifier agrees with the conditioning label; "
+                       "diversity: mean within-class pairwise L2; ms_per_sample: wall-clock on this machine",
+        }
+        if self._classifier_accuracy is not None:
+            card["feature_classifier_test_accuracy"] = self._classifier_accuracy
+            card["test_split_diversity"] = per_class_diversity(self.x_test, self.y_test)
+        return card
