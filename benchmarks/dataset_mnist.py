@@ -41,7 +41,7 @@ def main() -> None:
              "Evaluator: ConvNet-3 w128, 1000 epochs, DC's MNIST augmentation, 2 models per set, one distillation seed. "
              "Random subset and full data: `dataset_mnist_parity.md` (same evaluator, separate run). Budgets: see "
              "`recipes/mnist/dataset-distillation.yaml` (DM 300 iterations, batch_real 64; DC/DSA 100 iterations at IPC 1, "
-             "3 at IPC 10, batch_real 64; MTT width-32 experts, 2 x 5 epochs, 200 iterations).", ""]
+             "2 at IPC 10, batch_real 64; MTT width-32 experts, 2 x 5 epochs, 100 iterations).", ""]
     for ipc in (1, 10):
         metrics = run(ipc)
         random_mean = parity[str(ipc)]["mean"]

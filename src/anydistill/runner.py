@@ -167,7 +167,7 @@ def run_recipe(recipe: Recipe, run_dir: RunDir, *, resume: bool = False) -> dict
             evaluator.export(method.student, spec, run_dir.checkpoint_dir(label), component.name)
             role = "teacher" if trains_teacher else ("baseline" if component.target.baseline else "student")
             row = evaluator.evaluate(method.student, teacher, component.name)
-            metrics[label] = {**row, "method": component.name, "role": role, "train_time_s": round(train_time, 2),
+            metrics[label] = {**row, **method.summary(), "method": component.name, "role": role, "train_time_s": round(train_time, 2),
                               "world_size": trainer.world_size}
             if trains_teacher:
                 metrics["teacher"] = metrics[label]

@@ -53,6 +53,10 @@ class DistillationMethod(L.LightningModule):
     def attach_data(self, datamodule: Any) -> None:
         """Called before fitting an ``own_loop`` method, with the recipe's set-up data module."""
 
+    def summary(self) -> dict[str, Any]:
+        """Facts about the finished training that belong in the method's metrics row (none by default)."""
+        return {}
+
     def teacher_taps(self) -> list[str]:
         """Module paths of the teacher whose outputs the method reads (validated against the model)."""
         return []

@@ -46,6 +46,7 @@ class DC(DatasetDistillationMethod):
     """Gradient matching without augmentation (DC)."""
 
     paper = "Zhao, Mopuri & Bilen, Dataset Condensation with Gradient Matching, ICLR 2021"
+    paper_iterations = 1000
     default_strategy: ClassVar[str] = "none"
 
     def __init__(

@@ -27,6 +27,7 @@ class DM(DatasetDistillationMethod):
     """Distribution matching with randomly initialised embedders (defaults: the official ones)."""
 
     paper = "Zhao & Bilen, Dataset Condensation with Distribution Matching, WACV 2023"
+    paper_iterations = 20000
 
     def __init__(
         self,

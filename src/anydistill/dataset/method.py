@@ -46,6 +46,7 @@ class DatasetDistillationMethod(DistillationMethod):
     family: ClassVar[str] = "dataset"
     needs_teacher: ClassVar[bool] = False
     own_loop: ClassVar[bool] = True
+    paper_iterations: ClassVar[int] = 0  # the outer iterations of the paper's main setting
 
     def __init__(
         self,
@@ -128,6 +129,10 @@ class DatasetDistillationMethod(DistillationMethod):
             return real, syn
         params = self.augment.sample(1, generator, image_size=syn.shape[-2:])
         return self.augment.apply(real, params), self.augment.apply(syn, params)
+
+    def summary(self) -> dict[str, Any]:
+        """Iterations run against the paper's, for the protocol card."""
+        return {"iterations": self.current_epoch * self.iterations_per_epoch, "paper_iterations": self.paper_iterations}
 
     # ------------------------------------------------------------------ optimisation
 

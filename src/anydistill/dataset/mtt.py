@@ -41,6 +41,7 @@ class MTT(DatasetDistillationMethod):
 
     paper = "Cazenavette et al., Dataset Distillation by Matching Training Trajectories, CVPR 2022"
     data = "real (expert trajectories)"
+    paper_iterations = 5000
 
     def __init__(
         self,
