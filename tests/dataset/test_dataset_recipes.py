@@ -1,0 +1,42 @@
+"""Dataset-distillation recipes: validation reports what cannot run, in one line each."""
+
+from __future__ import annotations
+
+import pytest
+
+from anydistill.catalog import load_recipe
+from anydistill.core.errors import RecipeError
+
+RECIPE = "digits/dataset-distillation"
+
+
+def problems(*overrides: str) -> str:
+    with pytest.raises(RecipeError) as error:
+        load_recipe(RECIPE, list(overrides))
+    return str(error.value)
+
+
+def test_shipped_recipe_validates() -> None:
+    recipe = load_recipe(RECIPE)
+    assert {c.name for c in recipe.methods.values()} == {"dc", "dsa", "dm", "mtt"}
+    assert recipe.evaluation.name == "dataset" and recipe.resolved["evaluation"]["epochs"] == 300
+
+
+def test_loops_without_official_values_are_refused() -> None:
+    assert "outer_loop and inner_loop" in problems("student.ipc=3")
+    load_recipe(RECIPE, ["student.ipc=3", "methods.dc.outer_loop=3", "methods.dc.inner_loop=5",
+                         "methods.dsa.outer_loop=3", "methods.dsa.inner_loop=5"])
+
+
+def test_a_network_student_is_refused() -> None:
+    assert "synthetic-set" in problems("student={name: mlp}")
+
+
+def test_evaluation_settings_are_checked() -> None:
+    assert "evaluation.epochs" in problems("evaluation.epochs=many")
+    assert "EvalProtocol" in problems("evaluation.num_models=0")
+    assert "unknown key 'model'" in problems("evaluation.model=convnet")
+
+
+def test_families_do_not_mix() -> None:
+    assert "mix" in problems("methods.kd={}", "teacher={name: small-cnn}")
