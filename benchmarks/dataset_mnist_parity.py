@@ -87,7 +87,7 @@ def main() -> None:
         lines += ["", f"Full training set ({args.full_epochs + 1} passes, no augmentation, {len(full)} models): "
                   f"{mean:.2f} ± {std:.2f} (published 99.6 with far longer training)."]
     seconds = statistics.fmean(r["seconds"] for r in runs["10"]) if runs["10"] else 0.0
-    lines += ["", f"Wall time per IPC-10 model here: {seconds:.0f} s (2 CPU threads)."]
+    lines += ["", f"Wall time per IPC-10 model here: {seconds:.0f} s ({args.threads} CPU threads)."]
     write_results("dataset_mnist_parity", {"summary": summary, "runs": runs}, "\n".join(lines) + "\n")
     partial.unlink(missing_ok=True)
 

@@ -15,23 +15,26 @@ from anydistill.core.teacher import Teacher
 # Small settings per family, so that one step takes about a second.
 FAST = {
     "dataset": ["student.ipc=1"],  # the synthetic set needs every class's real images: no train_limit
+    "lm": ["data.train_limit=8", "data.batch_size=4", "data.eval_limit=4"],
 }
 FAST_DEFAULT = ["data.train_limit=64", "data.batch_size=32"]
+# Shipped recipe folders searched for a method's recipe: the fast ones of each family.
+FAST_RECIPES = ("digits/", "shakespeare/")
 
 
 def recipe_using(method_name: str):
     """The first shipped recipe that runs ``method_name`` (every method must have one)."""
     family = METHODS.get(method_name).family
     for name in shipped_recipes():
-        if not name.startswith("digits/"):
-            continue  # digits recipes are the fast ones
+        if not name.startswith(FAST_RECIPES):
+            continue
         if method_name not in (load_yaml_methods(name)):
             continue
         recipe = load_recipe(name, FAST.get(family, FAST_DEFAULT))
         for component in recipe.methods.values():
             if component.name == method_name:
                 return recipe, component
-    pytest.fail(f"no shipped digits recipe runs the method '{method_name}'; add one under recipes/digits/")
+    pytest.fail(f"no shipped recipe under {', '.join(FAST_RECIPES)} runs the method '{method_name}'; add one there")
 
 
 def load_yaml_methods(name: str) -> list[str]:

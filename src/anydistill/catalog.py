@@ -45,6 +45,16 @@ METHODS = Registry(
         "dm": "anydistill.dataset.dm:DM",
         "mtt": "anydistill.dataset.mtt:MTT",
         "diffusion-teacher": "anydistill.diffusion.train_teacher:DiffusionTeacherTraining",
+        "lm-teacher": "anydistill.lm.sft:LMTeacher",
+        "lm-sft": "anydistill.lm.sft:LMSFT",
+        "lm-kd": "anydistill.lm.kd:LMKD",
+        "gkd": "anydistill.lm.gkd:GKD",
+        "seq-kd": "anydistill.lm.seq_kd:SeqKD",
+        "progressive": "anydistill.diffusion.progressive:ProgressiveDistillation",
+        "consistency": "anydistill.diffusion.consistency:ConsistencyDistillation",
+        "reflow": "anydistill.diffusion.reflow:Reflow",
+        "dmd": "anydistill.diffusion.dmd:DMD",
+        "dmd2": "anydistill.diffusion.dmd2:DMD2",
     },
 )
 DATA = Registry(
@@ -55,6 +65,7 @@ DATA = Registry(
         "toy2d": "anydistill.zoo.toy2d_data:Toy2DData",
         "toy2d-conditional": "anydistill.zoo.toy2d_data:Toy2DConditionalData",
         "digits-generation": "anydistill.zoo.digits_generation:DigitsGenerationData",
+        "shakespeare": "anydistill.zoo.shakespeare:ShakespeareData",
     },
 )
 MODELS = Registry(
@@ -66,6 +77,9 @@ MODELS = Registry(
         "ccexam-mnistnet": "anydistill.zoo.teachers:ccexam_mnistnet",
         "mlp-denoiser": "anydistill.zoo.diffusion_models:mlp_flow_denoiser",
         "conv-denoiser": "anydistill.zoo.diffusion_models:conv_flow_denoiser",
+        "diffusers-unet": "anydistill.zoo.diffusion_models:diffusers_unet_denoiser",
+        "gpt2-lm": "anydistill.zoo.causal_lm:gpt2_lm",
+        "llama-lm": "anydistill.zoo.causal_lm:llama_lm",
     },
 )
 
@@ -76,6 +90,7 @@ EVALUATORS = Registry(
         "classifier": "anydistill.classifier.evaluate:ClassifierEvaluator",
         "dataset": "anydistill.dataset.evaluate:SynsetEvaluator",
         "diffusion": "anydistill.diffusion.evaluate:DiffusionEvaluator",
+        "lm": "anydistill.lm.evaluate:LMEvaluator",
     },
 )
 

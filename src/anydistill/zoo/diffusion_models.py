@@ -90,3 +90,58 @@ def conv_flow_denoiser(
     channels, size = input_shape[0], input_shape[-1]
     net = conv_denoiser(channels, size, width=width, num_classes=num_classes if conditional else 0, time_embedding=time_embedding)
     return Denoiser(net, schedule, prediction, preconditioning)
+
+
+class DiffusersUNet(nn.Module):
+    """A diffusers ``UNet2DModel`` behind the zoo's denoiser signature ``(x_t, t_in, cond)``.
+
+    ``t_in`` (the schedule's time, e.g. in [0, 1]) is multiplied by ``time_scale`` before the UNet's
+    sinusoidal embedding, which is built for DDPM's 0..1000 steps; label ``num_classes`` is the null
+    class of classifier-free guidance (``cond=None`` means it for every example).
+    """
+
+    def __init__(self, unet: nn.Module, num_classes: int, time_scale: float):
+        super().__init__()
+        self.unet, self.num_classes, self.time_scale = unet, num_classes, time_scale
+
+    @property
+    def null_class(self) -> int | None:
+        return self.num_classes if self.num_classes > 0 else None
+
+    def forward(self, x_t: Tensor, t_in: Tensor, cond: Tensor | None = None) -> Tensor:
+        import torch
+
+        if t_in.ndim == 0:
+            t_in = t_in.expand(x_t.shape[0])
+        labels = None
+        if self.num_classes > 0:
+            labels = cond if cond is not None else torch.full((x_t.shape[0],), self.num_classes, dtype=torch.long, device=x_t.device)
+        return self.unet(x_t, t_in * self.time_scale, class_labels=labels).sample
+
+
+def diffusers_unet_denoiser(
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    *,
+    schedule: ScheduleName = "rectified-flow",
+    prediction: PredictionName = "velocity",
+    conditional: bool = True,
+    block_out_channels: list[int] = [16, 32],  # noqa: B006
+    layers_per_block: int = 1,
+    norm_num_groups: int = 8,
+    time_scale: float = 1000.0,
+) -> Denoiser:
+    """A `Denoiser` around a freshly initialised diffusers ``UNet2DModel`` (no weights are downloaded):
+    the "real model" path, the same code that drives a pretrained UNet."""
+    try:
+        from diffusers import UNet2DModel
+    except ImportError:
+        raise ImportError("diffusers-unet needs the diffusers package: pip install diffusers (it does not need torchvision).") from None
+    classes = num_classes if conditional else 0
+    unet = UNet2DModel(
+        sample_size=input_shape[-1], in_channels=input_shape[0], out_channels=input_shape[0],
+        block_out_channels=tuple(block_out_channels), down_block_types=("DownBlock2D",) * len(block_out_channels),
+        up_block_types=("UpBlock2D",) * len(block_out_channels), layers_per_block=layers_per_block,
+        norm_num_groups=norm_num_groups, num_class_embeds=classes + 1 if classes else None,
+    )
+    return Denoiser(DiffusersUNet(unet, classes, time_scale), schedule, prediction, "none")

@@ -69,9 +69,15 @@ class Toy2DData(TensorClassificationData):
 
     def draw(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         """``(x [n, 2] float32, y [n] int64)`` of one split."""
-        n = self.sizes[split]
-        x = TOY2D[self.distribution](n, self._generator(split))
-        return x, torch.zeros(n, dtype=torch.long)
+        return self._draw_n(self.sizes[split], self._generator(split))
+
+    def sample(self, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` fresh points of the true distribution (and labels) from ``seed``: a reference sample
+        that shows how far an exact sampler of the same size lies from the test split."""
+        return self._draw_n(n, torch.Generator().manual_seed(1_000_003 + seed))
+
+    def _draw_n(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        return TOY2D[self.distribution](n, generator), torch.zeros(n, dtype=torch.long)
 
     def load_splits(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         return {split: self.draw(split) for split in _SPLIT_OFFSETS}
@@ -105,5 +111,5 @@ class Toy2DConditionalData(Toy2DData):
                          shuffle, train_limit, seed)
         self.distribution = "class_conditional_mixture"
 
-    def draw(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        return class_conditional_mixture(self.sizes[split], self._generator(split), self.num_classes)
+    def _draw_n(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        return class_conditional_mixture(n, generator, self.num_classes)
