@@ -92,7 +92,7 @@ def command_methods(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
     else:
         for row in rows:
-            print(f"{row['name']:<20} {row['family']:<11} {row['data']:<6} {row['paper']}")
+            print(f"{row['name']:<20} {row['family']:<11} {row['data']:<17} {row['paper']}")
     return 0
 
 

@@ -40,7 +40,6 @@ class MTT(DatasetDistillationMethod):
     """Trajectory matching against expert snapshots, with a learnable step size."""
 
     paper = "Cazenavette et al., Dataset Distillation by Matching Training Trajectories, CVPR 2022"
-    data = "real (expert trajectories)"
     paper_iterations = 5000
 
     def __init__(
