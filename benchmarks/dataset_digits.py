@@ -36,7 +36,10 @@ def run(ipc: int, seed: int) -> dict:
         if seed != SEEDS[0]:
             overrides.append("evaluation.baselines=[]")
         command = ["anydistill", "run", "digits/dataset-distillation", "--runs", str(RUNS), "--name", name]
-        subprocess.run([*command, *(f"--set={o}" for o in overrides)], check=True)
+        if (RUNS / name).exists():  # an interrupted run: continue it (finished models are kept)
+            subprocess.run(["anydistill", "run", "--resume", str(RUNS / name)], check=True)
+        else:
+            subprocess.run([*command, *(f"--set={o}" for o in overrides)], check=True)
     return json.loads(metrics.read_text())
 
 

@@ -43,7 +43,10 @@ def run(ipc: int, methods: tuple[str, ...]) -> dict:
         overrides = (IPC1 if ipc == 1 else []) + ["trainer.progress_bar=false"]
         overrides = [o for o in overrides if o.split(".")[1] in methods or not o.startswith("methods.")]
         command = ["anydistill", "run", str(path), "--runs", str(RUNS), "--name", name]
-        subprocess.run([*command, *(f"--set={o}" for o in overrides)], check=True)
+        if (RUNS / name).exists():  # an interrupted run: continue it (finished models are kept)
+            subprocess.run(["anydistill", "run", "--resume", str(RUNS / name)], check=True)
+        else:
+            subprocess.run([*command, *(f"--set={o}" for o in overrides)], check=True)
     return json.loads(metrics.read_text())
 
 
