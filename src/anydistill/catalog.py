@@ -292,6 +292,11 @@ def load_recipe(path_or_name: str, overrides: list[str] = ()) -> Recipe:
             problems.extend(f"evaluation: {p}" for p in ([] if found else evaluator.settings_problems(values)))
             evaluation = Component(family, evaluator, values)
 
+    if parsed is not None and parsed.cache.enabled and family not in (None, "classifier"):
+        hint = " (lm-kd caches its teacher's top-k log-probs with `topk: K`)" if family == "lm" else ""
+        problems.append(f"cache.enabled: the teacher signal cache serves classifier logits; the {family} family cannot use it{hint}. "
+                        "Set cache.enabled: false.")
+
     missing = data.target.missing_package() if data is not None else None
     if missing:
         problems.append(f"data: {missing}")

@@ -1,0 +1,55 @@
+"""Sequence-level KD (seq-kd: SFT on the teacher's sampled or greedy continuations) against SFT on
+the data, at equal steps over 3 seeds.
+
+Run: OMP_NUM_THREADS=1 python benchmarks/lm_seqkd.py   (about 4 minutes after the teacher exists)
+"""
+
+from __future__ import annotations
+
+import time
+
+import lm_common as c
+from anydistill.lm.seq_kd import SeqKD
+from anydistill.lm.sft import LMSFT
+
+SEEDS, STEPS = (0, 1, 2), 150
+METHODS = {
+    "lm-sft": lambda s, t: LMSFT(s, None, c.OPTIMIZER),
+    "seq-kd sampled (T=1)": lambda s, t: SeqKD(s, t, c.OPTIMIZER, sample=True, temperature=1.0),
+    "seq-kd greedy": lambda s, t: SeqKD(s, t, c.OPTIMIZER, sample=False),
+}
+
+
+def main() -> None:
+    teacher, datamodule = c.teacher(), c.data()
+    keys = ("nll", "kl_teacher", "teacher_nll_of_samples", "seconds")
+    results = {label: {k: [] for k in keys} for label in METHODS}
+    for seed in SEEDS:
+        for label, build in METHODS.items():
+            method = build(c.student(seed), teacher)
+            seconds = c.fit(method, datamodule, STEPS)
+            scores = c.scores(method.student, teacher.model, datamodule)
+            scores["teacher_nll_of_samples"] = c.teacher_nll_of_samples(method.student, teacher.model, datamodule)
+            for key, value in {**scores, "seconds": seconds}.items():
+                results[label][key].append(value)
+            print(seed, label, scores, f"{seconds:.1f}s", flush=True)
+    lines = [
+        "# Sequence-level KD vs SFT (Shakespeare, held-out plays)",
+        "",
+        f"Same teacher and student as lm_kd_vs_sft.md; {STEPS} steps of batch 32; the teacher continues the first 16 "
+        "characters of each block with 48 characters (KV cache) and the student is trained with cross-entropy on them; "
+        f"seeds {list(SEEDS)}; mean ± std. 'teacher NLL of samples' as in lm_onpolicy.md.",
+        "",
+        "| method | test NLL | KL(teacher‖student) | teacher NLL of samples | train seconds |",
+        "|---|---:|---:|---:|---:|",
+        *[c.row(label, values, keys) for label, values in results.items()],
+        "",
+    ]
+    c.write_results("lm_seqkd", {"steps": STEPS, "seeds": list(SEEDS), "results": results}, "\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    began = time.perf_counter()
+    main()
+    print(f"total {time.perf_counter() - began:.0f} s")

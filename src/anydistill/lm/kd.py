@@ -1,0 +1,121 @@
+"""Token-level knowledge distillation for causal LMs (``lm-kd``), from the online teacher or from a
+top-k cache of its distributions."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+
+from anydistill.core.errors import RecipeError
+from anydistill.core.method import DistillationMethod
+from anydistill.core.recipe import Fraction, OptimizerSpec, PositiveFloat, PositiveInt
+from anydistill.core.teacher import Teacher
+from anydistill.lm.common import causal_logits, lm_validation_step, prepare, step_loss, targets_and_mask, teacher_logits
+from anydistill.lm.token_losses import token_ce_loss, token_distill_loss
+from anydistill.lm.topk import SparseTeacher
+
+log = logging.getLogger(__name__)
+
+
+class LMKD(DistillationMethod):
+    r"""Match the teacher's next-token distribution on the data's completion tokens, mixed with the
+    cross-entropy of the data:
+
+    .. math::
+
+        L = \alpha \, \frac{1}{N} \sum_{t} c_T\, D\big(p_T^{(t)}, q_{\theta,T}^{(t)}\big)
+            + (1 - \alpha)\, \frac{1}{N} \sum_t -\log q_\theta(y_t)
+
+    over the N completion tokens of the optimisation step (global count, `lm.common.step_loss`),
+    with D one of the divergences of :mod:`anydistill.lm.token_losses`, T dividing both logits
+    and :math:`c_T = T^2` if ``scale_by_t2``.
+
+    The teacher runs online on every batch, or, with ``topk`` set, once over the training split
+    into a cache of its top-k log-probabilities (+ tail bucket) on disk (`lm.topk_cache`), which
+    later epochs and later runs read instead.
+
+    Args:
+        divergence: ``fkl`` | ``rkl`` | ``jsd`` | ``skl`` | ``srkl`` | ``tvd``.
+        temperature: T, applied to both distributions in the KD term (the CE term is at T = 1).
+        beta: the teacher's weight in the ``jsd`` mixture (0 = fkl, 1 = rkl, TRL's convention).
+        skew_alpha: the mixing weight of ``skl`` / ``srkl`` (DistiLLM's 0.1).
+        alpha: weight of the KD term; ``1 - alpha`` weights the cross-entropy.
+        scale_by_t2: multiply the KD term by T^2 (Hinton).
+        topk: cache and train on the teacher's top-k log-probabilities instead of running it online.
+        topk_tail: store the tail bucket (mass outside the top-k, spread uniformly); without it the
+            top-k is renormalised.
+        cache_dtype: storage of the cached log-probabilities (float16 halves the bytes; its rounding
+            changes KL(full || reconstructed) by about 1e-6 nats/token).
+        cache_dir: root directory of top-k caches (one sub-directory per teacher/data/k).
+    """
+
+    family = "lm"
+    paper = "Hinton et al. 2015 (token-level KD); divergences of Agarwal et al. 2024 (GKD) and Ko et al. 2024 (DistiLLM)"
+
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: Teacher | None = None,
+        optimizer: OptimizerSpec | None = None,
+        *,
+        divergence: Literal["fkl", "rkl", "jsd", "skl", "srkl", "tvd"] = "fkl",
+        temperature: PositiveFloat = 1.0,
+        beta: Fraction = 0.5,
+        skew_alpha: Fraction = 0.1,
+        alpha: Fraction = 0.5,
+        scale_by_t2: bool = False,
+        topk: PositiveInt | None = None,
+        topk_tail: bool = True,
+        cache_dtype: Literal["float16", "float32"] = "float16",
+        cache_dir: str = ".anydistill-cache/lm-topk",
+    ):
+        super().__init__(student, teacher, optimizer)
+        self.divergence, self.temperature, self.beta, self.skew_alpha = divergence, temperature, beta, skew_alpha
+        self.alpha, self.scale_by_t2 = alpha, scale_by_t2
+        self.topk, self.topk_tail, self.cache_dtype, self.cache_dir = topk, topk_tail, cache_dtype, cache_dir
+        self.signals = None  # the top-k cache, loaded in setup
+
+    def setup(self, stage: str) -> None:
+        self.vocab = prepare(self)
+        if self.topk is not None and self.signals is None:
+            from anydistill.lm.topk_cache import open_or_build_topk_cache
+            from anydistill.zoo.lm_tokenizers import tokenizer_fingerprint
+
+            data = self.trainer.datamodule
+            if self.topk > self.vocab:
+                raise RecipeError([f"The 'topk' parameter of lm-kd must be <= the vocabulary ({self.vocab}). Got {self.topk}."])
+            self.signals, directory, built = open_or_build_topk_cache(
+                Path(self.cache_dir), self.teacher, data.split("train")[0], dataset_fingerprint=data.fingerprint("train"),
+                tokenizer_fingerprint=tokenizer_fingerprint(data.tokenizer), k=self.topk, tail=self.topk_tail, vocab=self.vocab, dtype=self.cache_dtype,
+            )
+            stats = self.signals.stats
+            log.info("top-k cache %s %s: k=%d, %d bytes/token, KL(full || reconstructed) = %.3g nats/token",
+                     directory, "built" if built else "loaded", self.topk, stats["bytes_per_token"], stats["reconstruction_kl"])
+
+    def teacher_signal(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | SparseTeacher:
+        """Dense teacher logits [B, L-1, V] (online) or the batch's rows of the top-k cache."""
+        if self.signals is None:
+            return teacher_logits(self.teacher, batch["input_ids"], batch["attention_mask"], self.vocab)
+        return self.signals.rows(batch["index"], device=batch["input_ids"].device)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        targets, mask = targets_and_mask(batch["input_ids"], batch["completion_mask"])
+        logits = causal_logits(self.student, batch["input_ids"], batch["attention_mask"])
+        kd_sum, count = token_distill_loss(
+            logits[..., : self.vocab], self.teacher_signal(batch), mask, divergence=self.divergence,
+            temperature=self.temperature, beta=self.beta, alpha=self.skew_alpha, scale_by_t2=self.scale_by_t2,
+        )
+        loss_sum = self.alpha * kd_sum
+        if self.alpha < 1:
+            ce_sum, _ = token_ce_loss(logits, targets, mask)
+            loss_sum = loss_sum + (1 - self.alpha) * ce_sum
+            self.log_train("train/ce", ce_sum.detach() / max(count, 1), batch["input_ids"].shape[0])
+        self.log_train("train/kd", kd_sum.detach() / max(count, 1), batch["input_ids"].shape[0])
+        self.log_train("train/loss", loss_sum.detach() / max(count, 1), batch["input_ids"].shape[0], prog_bar=True)
+        return step_loss(self, loss_sum, count)
+
+    validation_step = lm_validation_step
