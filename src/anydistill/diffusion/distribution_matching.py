@@ -1,0 +1,60 @@
+"""Pieces shared by `dmd` and `dmd2`: the trainable fake score, its denoising loss on generator
+samples, and the distribution-matching loss of a generator's samples."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import Tensor, nn
+
+from anydistill.diffusion.common import predict
+from anydistill.diffusion.schedules import NoiseSchedule
+from anydistill.diffusion.targets import dmd_gradient, dmd_surrogate_loss
+from anydistill.diffusion.teacher import DiffusionTeacher, denoiser_loss
+from anydistill.diffusion.timesteps import UniformTime
+
+
+def trainable_copy(model: nn.Module) -> nn.Module:
+    """A trainable deep copy (DMD initialises its fake score from the teacher)."""
+    return copy.deepcopy(model).train().requires_grad_(True)
+
+
+def dm_time_sampler(schedule: NoiseSchedule, low_fraction: float, high_fraction: float) -> UniformTime:
+    """``t ~ U`` over ``[low, high]`` fractions of the schedule's range (DMD: 0.02 T to 0.98 T)."""
+    span = schedule.t_max - schedule.t_min
+    return UniformTime(schedule.t_min + low_fraction * span, schedule.t_min + high_fraction * span)
+
+
+def distribution_matching_loss(
+    x: Tensor, cond: Tensor | None, teacher: DiffusionTeacher, fake: nn.Module, schedule: NoiseSchedule,
+    times: UniformTime, cfg: float | None,
+) -> Tensor:
+    """DMD's KL gradient on generator samples ``x [B, ...]`` applied through
+    ``0.5 ||x - sg(x - grad)||^2`` (mean over elements, as in DMD2's code); see
+    `anydistill.diffusion.targets.dmd_gradient`. The real score is the teacher (guided by ``cfg``)."""
+    t = times.sample(x.shape[0], schedule, generator=None, device=x.device)
+    noise = schedule.sample_noise(x, None)
+    guidance = cfg if cond is not None else None
+    grad = dmd_gradient(
+        x, t, noise,
+        lambda x_t, tt: teacher.predict(x_t, tt, cond, kind="x0", cfg=guidance),
+        lambda x_t, tt: predict(fake, x_t, tt, cond, "x0"),
+        schedule,
+    )
+    return dmd_surrogate_loss(x, grad, reduction="mean")
+
+
+def fake_score_loss(fake: nn.Module, schedule: NoiseSchedule, x: Tensor, cond: Tensor | None) -> Tensor:
+    """The fake score's denoising loss on (detached) generator samples, in its own prediction kind,
+    ``t`` uniform over the schedule's range: it tracks the score of the generator's distribution."""
+    x = x.detach()
+    t = UniformTime().sample(x.shape[0], schedule, generator=None, device=x.device)
+    return denoiser_loss(fake, schedule, x, t, schedule.sample_noise(x, None), cond, fake.prediction,
+                         preconditioning=fake.preconditioning)
+
+
+def one_step_input(schedule: NoiseSchedule, z: Tensor) -> tuple[Tensor, Tensor]:
+    """The generator's input at ``t_max``: ``(sigma(t_max) z, t [B])`` (pure noise on every schedule here)."""
+    t = torch.full((z.shape[0],), float(schedule.t_max), device=z.device)
+    return schedule.sigma(t[:1].double()).float().item() * z, t
