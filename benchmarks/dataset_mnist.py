@@ -81,7 +81,7 @@ def main() -> None:
                   "|---|---|---|---|---|---|"]
         for name, row in rows.items():
             if "not_run" in row:
-                lines.append(f"| {name} | not run this session (CPU budget) | {PUBLISHED[ipc].get(name)} | — | — | — |")
+                lines.append(f"| {name} | not run this session (CPU budget) | {PUBLISHED[ipc].get(name) or '—'} | — | — | — |")
                 continue
             gap = f"{row['gap_closed']:.3f}" if "gap_closed" in row else "—"
             beats = ("yes" if row["beats_random"] else "no") if "beats_random" in row else "—"
