@@ -193,3 +193,16 @@ def test_plots_return_none_without_data(tmp_path: Path) -> None:
     assert plot_learning_curves({"kd": empty_csv}, tmp_path / "curves.png") is None
     assert plot_accuracy_vs_params({"kd": {"accuracy": 0.9, "params": 10}}, tmp_path / "acc.png") is None
     assert not list(tmp_path.glob("*.png"))
+
+
+def test_generations_are_shown_verbatim(run_dir: Path) -> None:
+    metrics = {**METRICS, "lm-kd": {"nll": 2.3, "greedy": "ROMEO:\nBut soft | ``` what light", "sample": "JULIET: Ay me"}}
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    text = write_report(run_dir).read_text()
+    section = text.split("## Generations\n", 1)[1].split("\n## ", 1)[0]
+    assert "**lm-kd**, greedy:" in section and "**lm-kd**, sample:" in section
+    assert "````\nROMEO:\nBut soft | ``` what light\n````" in section  # the fence outlasts the text's backticks
+
+
+def test_no_generations_section_without_text(run_dir: Path) -> None:
+    assert "## Generations" not in write_report(run_dir).read_text()

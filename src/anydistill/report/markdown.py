@@ -172,6 +172,10 @@ def _write_plots(run_dir: Path, metrics: Mapping[str, dict]) -> list[tuple[str, 
 # --- rendering ----------------------------------------------------------------------------------
 
 
+# Text a model generated (the LM evaluator's greedy and sampled continuations), shown verbatim.
+GENERATION_KEYS = ("greedy", "sample")
+
+
 def render_report(
     *,
     name: str,
@@ -184,6 +188,14 @@ def render_report(
 ) -> str:
     """Assemble the Markdown text of a report from already-read parts."""
     lines = [f"# Run report: {name}", "", "## Metrics", "", LEGEND, "", metrics_table(metrics), ""]
+
+    generations = [(label, key, entry[key]) for label, entry in metrics.items() for key in GENERATION_KEYS
+                   if isinstance(entry.get(key), str)]
+    if generations:
+        lines += ["## Generations", ""]
+        for label, key, text in generations:
+            fence = _fence(text)
+            lines += [f"**{_cell(label)}**, {key}:", "", fence, text.rstrip("\n"), fence, ""]
 
     if figures:
         lines += ["## Plots", ""]
