@@ -97,17 +97,9 @@ class DC(DatasetDistillationMethod):
 
     def train_net(self, net: torch.nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator) -> None:
         """``inner_loop`` epochs of the network on the detached synthetic set (per-image DSA when on)."""
-        images = self.student.images.detach()
-        labels = self.student.labels().detach()
+        images, labels = self.student.images.detach(), self.student.labels().detach()
         for _ in range(self.inner_loop):
-            order = torch.randperm(len(images), generator=generator).to(self.device)
-            for start in range(0, len(images), self.batch_train):
-                batch = order[start : start + self.batch_train]
-                x = images[batch] if self.augment is None else self.augment(images[batch], generator)
-                loss = F.cross_entropy(net(x), labels[batch])
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
+            self.train_epoch(net, optimizer, images, labels, self.batch_train, generator)
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> None:
         generator = self.generator(self.iteration(batch_idx))

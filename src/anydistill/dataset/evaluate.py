@@ -21,7 +21,7 @@ from anydistill.core.evaluator import Evaluator
 from anydistill.core.teacher import Teacher
 from anydistill.dataset.convnet import convnet
 from anydistill.dataset.coresets import herding, k_center, random_subset
-from anydistill.dataset.protocol import EvalProtocol, evaluate_set, gap_closed
+from anydistill.dataset.protocol import EvalProtocol, evaluate_set, gap_closed, train_and_test
 from anydistill.dataset.synset import SyntheticSet
 
 Baseline = Literal["random", "herding", "k-center", "full-data"]
@@ -145,8 +145,6 @@ class SynsetEvaluator(Evaluator):
     def _features(self) -> Tensor:
         """Embeddings of the training split by a ConvNet trained on all of it (herding and k-center select in them)."""
         if self._feature_net is None:
-            from anydistill.dataset.protocol import train_and_test
-
             with torch.random.fork_rng():
                 torch.manual_seed(0)
                 net = self.new_model()

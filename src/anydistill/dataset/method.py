@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
@@ -133,6 +134,23 @@ class DatasetDistillationMethod(DistillationMethod):
     def summary(self) -> dict[str, Any]:
         """Iterations run against the paper's, for the protocol card."""
         return {"iterations": self.current_epoch * self.iterations_per_epoch, "paper_iterations": self.paper_iterations}
+
+    def train_epoch(self, net: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor, y: Tensor,
+                    batch_size: int, generator: torch.Generator) -> None:
+        """One shuffled pass of SGD over ``(x [N, C, H, W], y [N] or [N, K])`` with per-image DSA when on.
+
+        ``x`` may stay on the CPU (the real split); each minibatch moves to the method's device.
+        """
+        order = torch.randperm(len(x), generator=generator)
+        for start in range(0, len(x), batch_size):
+            batch = order[start : start + batch_size]
+            images = x[batch.to(x.device)].to(self.device)
+            if self.augment is not None:
+                images = self.augment(images, generator)  # an independent draw per image (official seed -1)
+            loss = F.cross_entropy(net(images), y[batch.to(y.device)].to(self.device))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
 
     # ------------------------------------------------------------------ optimisation
 

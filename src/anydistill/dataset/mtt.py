@@ -113,16 +113,7 @@ class MTT(DatasetDistillationMethod):
                 optimizer = torch.optim.SGD(net.parameters(), lr=self.lr_teacher)
                 snapshots = [flat_parameters(net).cpu()]
                 for _ in range(self.expert_train_epochs):
-                    order = torch.randperm(len(x), generator=generator)
-                    for start in range(0, len(x), 256):
-                        batch = order[start : start + 256]
-                        images = x[batch].to(self.device)
-                        if self.augment is not None:
-                            images = self.augment(images, generator)
-                        loss = F.cross_entropy(net(images), y[batch].to(self.device))
-                        optimizer.zero_grad()
-                        loss.backward()
-                        optimizer.step()
+                    self.train_epoch(net, optimizer, x, y, 256, generator)
                     snapshots.append(flat_parameters(net).cpu())
                 writer.add_expert(snapshots)
 
