@@ -7,11 +7,13 @@ imported before; users add their own with ``METHODS.register("name")`` or name a
 
 from __future__ import annotations
 
+import functools
 import importlib.resources
 import importlib.util
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -178,15 +180,27 @@ def _dry_forward(model: Any, input_shape: tuple[int, ...], taps: list[str]) -> d
 
 
 def _check_method(
-    label: str, component: Component, teacher: Any, student: Any, input_shape: tuple[int, ...], max_epochs: int, problems: list[str]
+    label: str, component: Component, teacher: Any, student: Any, input_shape: tuple[int, ...], max_epochs: int,
+    datamodule: Callable[[], Any], problems: list[str], data_findings: dict[str, list[str]],
 ) -> None:
     """Build the method (constructors only store hyperparameters), check that its module paths
-    exist, run the models once on zeros and let the method check the shapes it will see."""
+    exist, run the models once on zeros and let the method check the shapes it will see and, when
+    it asks to (`DistillationMethod.data_problems`), the set-up data (``datamodule()``). Data
+    problems go to ``data_findings`` (problem -> labels): several methods often share one."""
+    target = component.target
     try:
-        method = component.target(student=student, teacher=None, **component.kwargs)
+        method = target(student=teacher if target.trains == "teacher" else student, teacher=None, **component.kwargs)
     except (ValueError, TypeError) as error:
         problems.append(f"methods.{label}: {error}")
         return
+    if target.data_problems is not DistillationMethod.data_problems:
+        try:
+            data = datamodule()
+        except Exception as error:  # noqa: BLE001 - any failure to load the data is a recipe problem, told in one line
+            problems.append(f"data: setting up the data module failed: {str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}")
+            return
+        for problem in method.data_problems(data, teacher if target.needs_teacher else None):
+            data_findings.setdefault(problem, []).append(label)
     taps = {"teacher": (teacher, method.teacher_taps()), "student": (student, method.student_taps())}
     found = []
     for role, (model, paths) in taps.items():
@@ -325,8 +339,18 @@ def load_recipe(path_or_name: str, overrides: list[str] = ()) -> Recipe:
                     find_module(teacher_model, path)
                 except (LookupError, AttributeError) as error:
                     problems.append(f"cache.features: {error}")
+
+            @functools.cache
+            def set_up_data() -> Any:  # set up only for methods that check the data, once for all of them
+                module = data.target(**data.kwargs)
+                module.setup()
+                return module
+
+            data_findings: dict[str, list[str]] = {}
             for label, component in methods.items():
-                _check_method(label, component, teacher_model, student_model, input_shape, parsed.trainer.max_epochs, problems)
+                _check_method(label, component, teacher_model, student_model, input_shape, parsed.trainer.max_epochs, set_up_data,
+                              problems, data_findings)
+            problems += [f"methods.{', '.join(labels)}: {problem}" for problem, labels in data_findings.items()]
     if problems or parsed is None or evaluation is None:
         raise RecipeError([f"{source}: {p}" for p in problems])
     resolved = parsed.model_dump(mode="json")

@@ -66,3 +66,17 @@ def test_a_recipe_with_a_too_small_vocabulary_fails_when_the_method_starts(tmp_p
     method = LMSFT(tiny_lm(0, vocab=40))
     with pytest.raises(RecipeError, match=r"student.vocab_size >= 86"):
         fit(method, tiny_data(), steps=1)
+
+
+def test_validate_reports_vocabulary_and_length_problems_once_before_training() -> None:
+    """`anydistill validate` sets up the text data and checks every LM method's models against it;
+    a problem shared by several methods is one line naming them all."""
+    from anydistill.catalog import load_recipe
+    from anydistill.core.errors import RecipeError
+
+    with pytest.raises(RecipeError) as error:
+        load_recipe("shakespeare/tiny", ["student.n_positions=16"])
+    lines = [line for line in error.value.problems if "positions" in line]
+    assert len(lines) == 1 and "methods.lm-sft, lm-kd" in lines[0] and "student.n_positions >= 64" in lines[0]
+    with pytest.raises(RecipeError, match=r"'topk' parameter of lm-kd must be <= the vocabulary \(96\)"):
+        load_recipe("shakespeare/tiny", ["methods.lm-kd-top32.topk=200"])

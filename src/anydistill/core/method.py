@@ -72,6 +72,12 @@ class DistillationMethod(L.LightningModule):
         (from one dry forward at validation) and the schedule. One line each; none by default."""
         return []
 
+    def data_problems(self, datamodule: Any, teacher: nn.Module | None) -> list[str]:
+        """Problems between the models and the set-up data module (a vocabulary, the sequence
+        length) that `anydistill validate` reports before any training. One line each; none by
+        default. The data is set up for this only when a method overrides it."""
+        return []
+
     def log_train(self, name: str, value: torch.Tensor, batch_size: int, prog_bar: bool = False) -> None:
         """Record a training metric: ``<name>_epoch`` (the epoch mean, logged once at epoch end)
         and ``<name>_step`` (logged every ``trainer.log_every_n_steps`` steps).

@@ -10,6 +10,9 @@ so the losses see ``logits[:, :-1]`` against ``input_ids[:, 1:]`` under ``comple
 
 from __future__ import annotations
 
+import warnings
+from typing import Any
+
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
@@ -41,8 +44,27 @@ def targets_and_mask(input_ids: Tensor, completion_mask: Tensor) -> tuple[Tensor
     return input_ids[:, 1:], completion_mask[:, 1:]
 
 
+def lm_data_problems(method: DistillationMethod, datamodule: Any, teacher: nn.Module | None) -> list[str]:
+    """The models against the set-up text data (`DistillationMethod.data_problems` of every LM
+    method): vocabulary and special ids (`check_vocab`), and positions for ``data.block_size``."""
+    if not hasattr(datamodule, "tokenizer"):
+        return [f"method '{type(method).__name__}': language-model methods need a text data module with a tokenizer (e.g. data: {{name: shakespeare}})."]
+    try:
+        check_vocab(method.student, teacher, datamodule.tokenizer)
+    except ValueError as error:
+        return [str(error)]
+    problems = []
+    for role, model in (("student", method.student), ("teacher", teacher)):
+        positions = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None) if model is not None else None
+        if positions is not None and positions < datamodule.block_size:
+            problems.append(f"The {role} has {positions} positions but data.block_size is {datamodule.block_size}: "
+                            f"set {role}.n_positions >= {datamodule.block_size} or a smaller data.block_size.")
+    return problems
+
+
 def prepare(method: DistillationMethod) -> int:
-    """Check the models against the data module's tokenizer when fitting starts; returns ``V_shared``.
+    """Check the models against the data module's tokenizer when fitting starts (the checks
+    `anydistill validate` already ran); returns ``V_shared``.
 
     Raises:
         RecipeError: one line naming the fix (vocabulary, special ids, blocks longer than the models' positions).
@@ -54,16 +76,12 @@ def prepare(method: DistillationMethod) -> int:
         raise RecipeError([f"method '{type(method).__name__}': language-model methods need a text data module with a tokenizer (e.g. data: {{name: shakespeare}})."])
     datamodule.setup()
     teacher = method.teacher.model if method.teacher is not None else None
-    try:
-        shared = check_vocab(method.student, teacher, datamodule.tokenizer)
-        for role, model in (("student", method.student), ("teacher", teacher)):
-            positions = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None) if model is not None else None
-            if positions is not None and positions < datamodule.block_size:
-                raise ValueError(f"The {role} has {positions} positions but data.block_size is {datamodule.block_size}: "
-                                 f"set {role}.n_positions >= {datamodule.block_size} or a smaller data.block_size.")
-    except ValueError as error:
-        raise RecipeError([str(error)]) from None
-    return shared
+    problems = method.data_problems(datamodule, teacher)
+    if problems:
+        raise RecipeError(problems)
+    with warnings.catch_warnings():  # data_problems has just warned about a padded vocabulary
+        warnings.simplefilter("ignore")
+        return check_vocab(method.student, teacher, datamodule.tokenizer)
 
 
 def step_loss(method: DistillationMethod, loss_sum: Tensor, num_tokens: int) -> Tensor:

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
-from anydistill.core.errors import RecipeError
 from anydistill.core.method import DistillationMethod
 from anydistill.core.recipe import Fraction, OptimizerSpec, PositiveFloat
 from anydistill.core.teacher import Teacher
-from anydistill.lm.common import causal_logits, generate, lm_validation_step, prepare, step_loss, teacher_logits
+from anydistill.lm.common import causal_logits, generate, lm_data_problems, lm_validation_step, prepare, step_loss, teacher_logits
 from anydistill.lm.token_losses import token_distill_loss
 
 
@@ -55,8 +56,6 @@ class GKD(DistillationMethod):
     def setup(self, stage: str) -> None:
         self.vocab = prepare(self)
         data = self.trainer.datamodule
-        if data.prompt_tokens < 1:
-            raise RecipeError(["method 'gkd' generates completions from prompts: set data.prompt_tokens >= 1 (e.g. 32)."])
         self.prompt_tokens, self.new_tokens = data.prompt_tokens, data.block_size - data.prompt_tokens
         self.eos_id, self.pad_id = data.tokenizer.eos_token_id, data.tokenizer.pad_token_id
 
@@ -86,3 +85,9 @@ class GKD(DistillationMethod):
         return step_loss(self, jsd_sum, count)
 
     validation_step = lm_validation_step
+
+    def data_problems(self, datamodule: Any, teacher: nn.Module | None) -> list[str]:
+        problems = lm_data_problems(self, datamodule, teacher)
+        if not problems and datamodule.prompt_tokens < 1:
+            problems.append("method 'gkd' generates completions from prompts: set data.prompt_tokens >= 1 (e.g. 32).")
+        return problems

@@ -5,18 +5,18 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
-from anydistill.core.errors import RecipeError
 from anydistill.core.method import DistillationMethod
 from anydistill.core.recipe import Fraction, OptimizerSpec, PositiveFloat, PositiveInt
 from anydistill.core.teacher import Teacher
-from anydistill.lm.common import causal_logits, lm_validation_step, prepare, step_loss, targets_and_mask, teacher_logits
+from anydistill.lm.common import causal_logits, lm_data_problems, lm_validation_step, prepare, step_loss, targets_and_mask, teacher_logits
 from anydistill.lm.token_losses import token_ce_loss, token_distill_loss
 from anydistill.lm.topk import SparseTeacher
+from anydistill.lm.vocab import output_width
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +86,6 @@ class LMKD(DistillationMethod):
             from anydistill.zoo.lm_tokenizers import tokenizer_fingerprint
 
             data = self.trainer.datamodule
-            if self.topk > self.vocab:
-                raise RecipeError([f"The 'topk' parameter of lm-kd must be <= the vocabulary ({self.vocab}). Got {self.topk}."])
             self.signals, directory, built = open_or_build_topk_cache(
                 Path(self.cache_dir), self.teacher, data.split("train")[0], dataset_fingerprint=data.fingerprint("train"),
                 tokenizer_fingerprint=tokenizer_fingerprint(data.tokenizer), k=self.topk, tail=self.topk_tail, vocab=self.vocab, dtype=self.cache_dtype,
@@ -119,3 +117,10 @@ class LMKD(DistillationMethod):
         return step_loss(self, loss_sum, count)
 
     validation_step = lm_validation_step
+
+    def data_problems(self, datamodule: Any, teacher: nn.Module | None) -> list[str]:
+        problems = lm_data_problems(self, datamodule, teacher)
+        vocab = min(output_width(m) for m in (self.student, teacher) if m is not None)
+        if not problems and self.topk is not None and self.topk > vocab:
+            problems.append(f"The 'topk' parameter of lm-kd must be <= the vocabulary ({vocab}). Got {self.topk}.")
+        return problems

@@ -9,7 +9,7 @@ from anydistill.core.errors import RecipeError
 from anydistill.core.method import DistillationMethod
 from anydistill.core.recipe import OptimizerSpec, PositiveFloat
 from anydistill.core.teacher import Teacher
-from anydistill.lm.common import causal_logits, generate, lm_validation_step, prepare, step_loss
+from anydistill.lm.common import lm_data_problems, causal_logits, generate, lm_validation_step, prepare, step_loss
 from anydistill.lm.token_losses import token_ce_loss
 
 
@@ -67,3 +67,4 @@ class SeqKD(DistillationMethod):
         return step_loss(self, ce_sum, count)
 
     validation_step = lm_validation_step
+    data_problems = lm_data_problems

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from anydistill.core.method import DistillationMethod
-from anydistill.lm.common import ce_step, lm_validation_step, prepare
+from anydistill.lm.common import lm_data_problems, ce_step, lm_validation_step, prepare
 
 
 class LMSFT(DistillationMethod):
@@ -27,6 +27,7 @@ class LMSFT(DistillationMethod):
         return ce_step(self, batch)
 
     validation_step = lm_validation_step
+    data_problems = lm_data_problems
 
 
 class LMTeacher(DistillationMethod):
@@ -45,3 +46,4 @@ class LMTeacher(DistillationMethod):
         return ce_step(self, batch)
 
     validation_step = lm_validation_step
+    data_problems = lm_data_problems
