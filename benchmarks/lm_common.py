@@ -55,15 +55,15 @@ def fit(method, datamodule, steps: int) -> float:
     return time.perf_counter() - began
 
 
-def teacher() -> Teacher:
-    """The benchmark teacher, trained once (TEACHER_STEPS steps of next-token CE) and cached."""
-    path = RUNS / f"gpt2-L{TEACHER['n_layer']}-d{TEACHER['n_embd']}-steps{TEACHER_STEPS}.safetensors"
+def teacher(steps: int = TEACHER_STEPS) -> Teacher:
+    """The benchmark teacher, trained once (``steps`` steps of next-token CE) and cached."""
+    path = RUNS / f"gpt2-L{TEACHER['n_layer']}-d{TEACHER['n_embd']}-steps{steps}.safetensors"
     L.seed_everything(1234, verbose=False)
     model = gpt2_lm(**TEACHER)
     if path.is_file():
         model.load_state_dict(load_file(str(path)))
     else:
-        seconds = fit(LMTeacher(model, None, OPTIMIZER), data(), TEACHER_STEPS)
+        seconds = fit(LMTeacher(model, None, OPTIMIZER), data(), steps)
         RUNS.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
         print(f"teacher trained in {seconds:.0f} s -> {path}", flush=True)

@@ -26,14 +26,15 @@ SEEDS, STEPS, VOCAB = (0, 1, 2), 300, 96
 KS = (1, 8, 32, VOCAB)
 
 
-def held_out_reconstruction(teacher, datamodule) -> list[dict]:
+def held_out_reconstruction(teacher, datamodule, ks=KS, tails=(True, False)) -> list[dict]:
+    """Bytes per token and mean KL(full || reconstructed) on the test plays' completion positions."""
     ids, mask = datamodule.split("test")
     logits = torch.cat([teacher_logits(teacher, ids[i : i + 64], torch.ones_like(ids[i : i + 64]), VOCAB)
                         for i in range(0, ids.shape[0], 64)])
     rows = logits[mask[:, 1:]]  # the completion positions
     out = []
-    for k in KS:
-        for tail in (True, False):
+    for k in ks:
+        for tail in tails:
             sparse = sparsify(rows, k, tail, dtype=torch.float16, index_dtype=torch.int32)
             kl = reconstruction_kl(rows, sparse)
             out.append({"k": k, "tail": tail, "bytes_per_token": bytes_per_token(sparse),

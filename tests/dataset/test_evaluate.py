@@ -59,6 +59,14 @@ def test_settings_problems() -> None:
     assert SynsetEvaluator.settings_problems({"dsa_strategy": "crop", "dc_augment": True})
     assert SynsetEvaluator.settings_problems({"net_width": 0})
     assert not SynsetEvaluator.settings_problems({"epochs": 10, "dsa_strategy": None, "dc_augment": True})
+    assert "score_split" in SynsetEvaluator.settings_problems({"score_split": "train"})[0]
+
+
+def test_validation_scoring_never_touches_the_test_split(digits) -> None:
+    """Settings are chosen on ``score_split: val``: the sets are scored on the validation images."""
+    evaluator = SynsetEvaluator(digits, {"ipc": 1}, "digits", **FAST, score_split="val")
+    assert torch.equal(evaluator.x_test, digits.split("val")[0]) and evaluator.card()["score_split"] == "val"
+    assert evaluator.card()["test_images"] == len(digits.split("val")[0]) != len(digits.split("test")[0])
 
 
 def test_evaluate_synset_command(digits, tmp_path, capsys) -> None:

@@ -27,11 +27,14 @@ from anydistill.dataset.synset import SyntheticSet
 Baseline = Literal["random", "herding", "k-center", "full-data"]
 
 
+SCORE_SPLITS = ("test", "val")
+
+
 class SynsetEvaluator(Evaluator):
     """Scores synthetic sets (and coreset baselines) with the standard protocol.
 
     Args:
-        data: the set-up data module (its train split is the source, its test split the score).
+        data: the set-up data module (its train split is the source, ``score_split`` the score).
         student_spec: the recipe's ``student`` section (``ipc`` sizes the baselines).
         epochs, lr, batch_size, dsa_strategy, dc_augment, num_models: the `EvalProtocol`
             (defaults: DSA/DM's 1000 epochs with DSA, without flip since digits are not symmetric).
@@ -42,6 +45,8 @@ class SynsetEvaluator(Evaluator):
         full_data_epochs: passes over the whole training split for the full-data row (the
             protocol's 1000 are meant for 10-500 images; the full set converges in far fewer).
         use_learned_lr: train with the set's learned step size when it has one (MTT evaluates so).
+        score_split: the real split every set is tested on: "test" for reported numbers, "val"
+            to choose a method's settings without looking at the test split.
     """
 
     def __init__(
@@ -62,6 +67,7 @@ class SynsetEvaluator(Evaluator):
         random_subsets: int = 3,
         full_data_epochs: int = 20,
         use_learned_lr: bool = True,
+        score_split: str = "test",
     ):
         super().__init__(data, student_spec, data_name)
         self.protocol = EvalProtocol(epochs=epochs, lr=lr, batch_size=batch_size, dsa_strategy=dsa_strategy,
@@ -71,7 +77,8 @@ class SynsetEvaluator(Evaluator):
         self.random_subsets, self.full_data_epochs = random_subsets, full_data_epochs
         self.use_learned_lr = use_learned_lr
         self.x_train, self.y_train = data.split("train")
-        self.x_test, self.y_test = data.split("test")
+        self.score_split = score_split
+        self.x_test, self.y_test = data.split(score_split)
         self.ipc = self.student_spec.get("ipc")
         self._feature_net: nn.Module | None = None
 
@@ -84,6 +91,9 @@ class SynsetEvaluator(Evaluator):
             return str(error).splitlines()
         problems = [f"{name} must be >= 1, got {settings[name]}." for name in ("net_width", "net_depth", "random_subsets", "full_data_epochs")
                     if name in settings and settings[name] < 1]
+        if settings.get("score_split", "test") not in SCORE_SPLITS:
+            problems.append(f"score_split must be one of {SCORE_SPLITS} (val to tune settings, test to report), "
+                            f"got {settings['score_split']!r}.")
         return problems
 
     def new_model(self) -> nn.Module:
@@ -176,5 +186,6 @@ class SynsetEvaluator(Evaluator):
             "eval_models": p.num_models,
             "full_data_epochs": self.full_data_epochs,
             "train_images": len(self.x_train),
+            "score_split": self.score_split,
             "test_images": len(self.x_test),
         }
