@@ -166,6 +166,8 @@ def test_evaluator_data_row_and_conditional_class_accuracy() -> None:
     evaluator = DiffusionEvaluator(data, num_samples=160, teacher_steps=4, student_steps=[1], straightness_steps=2)
     floor = evaluator.baselines(set())["data"]
     assert floor["coverage@0"] == 1.0 and floor["high_quality@0"] > 0.95 and "swd@0" in floor
+    draws = [evaluator.scores(data.sample(160, seed)[0], None)["swd"] for seed in range(evaluator.reference_draws)]
+    assert floor["swd@0"] == pytest.approx(sum(draws) / len(draws)) and floor["swd_std@0"] > 0  # the mean of 5 draws, not one
     assert evaluator.baselines({"data"}) == {}
     x, y = data.sample(160, 0)
     assert evaluator.scores(x, y)["class_acc"] == 1.0  # exact samples sit on their own class's mode
