@@ -25,6 +25,7 @@ from anydistill.core.recipe import (
     CacheSpec,
     OptimizerSpec,
     TrainerSpec,
+    method_schedule,
     parse_recipe_file,
     read_yaml,
     validate_kwargs,
@@ -108,6 +109,8 @@ class Component:
     name: str
     target: Any
     kwargs: dict[str, Any] = field(default_factory=dict)
+    max_epochs: int | None = None  # a method's own schedule, over the recipe's trainer/optimizer
+    optimizer: OptimizerSpec | None = None
 
 
 @dataclass
@@ -270,8 +273,12 @@ def load_recipe(path_or_name: str, overrides: list[str] = ()) -> Recipe:
         if not isinstance(entry, dict | None):
             problems.append(f"methods.{label}: expected a mapping of the method's parameters, got {entry!r}.")
             continue
-        component = _component({"name": label, **(entry or {})}, METHODS, f"methods.{label}", problems, METHOD_INJECTED, DistillationMethod)
+        entry = dict(entry or {})
+        max_epochs, optimizer, found = method_schedule(entry, raw.get("optimizer"), f"methods.{label}")
+        problems += found
+        component = _component({"name": label, **entry}, METHODS, f"methods.{label}", problems, METHOD_INJECTED, DistillationMethod)
         if component is not None:
+            component.max_epochs, component.optimizer = max_epochs, optimizer
             methods[label] = component
 
     order = list(methods)
@@ -348,7 +355,7 @@ def load_recipe(path_or_name: str, overrides: list[str] = ()) -> Recipe:
 
             data_findings: dict[str, list[str]] = {}
             for label, component in methods.items():
-                _check_method(label, component, teacher_model, student_model, input_shape, parsed.trainer.max_epochs, set_up_data,
+                _check_method(label, component, teacher_model, student_model, input_shape, component.max_epochs or parsed.trainer.max_epochs, set_up_data,
                               problems, data_findings)
             problems += [f"methods.{', '.join(labels)}: {problem}" for problem, labels in data_findings.items()]
     if problems or parsed is None or evaluation is None:
@@ -360,7 +367,9 @@ def load_recipe(path_or_name: str, overrides: list[str] = ()) -> Recipe:
     if teacher is not None:
         resolved["teacher"] = {"name": teacher.name, **teacher.kwargs, **({"checkpoint": checkpoint} if checkpoint else {})}
     resolved["evaluation"] = dict(evaluation.kwargs)
-    resolved["methods"] = {label: {"name": c.name, **c.kwargs} for label, c in methods.items()}
+    resolved["methods"] = {label: {"name": c.name, **c.kwargs, **({"max_epochs": c.max_epochs} if c.max_epochs else {}),
+                                   **({"optimizer": c.optimizer.model_dump(mode="json")} if c.optimizer else {})}
+                           for label, c in methods.items()}
     return Recipe(
         source, parsed.name, parsed.seed, data, student, teacher, checkpoint, parsed.trainer, parsed.optimizer, parsed.cache,
         evaluation, methods, resolved,

@@ -71,7 +71,8 @@ def build_teacher(recipe: Recipe, teacher_model: torch.nn.Module | None) -> Teac
 
 
 def make_trainer(recipe: Recipe, run_dir: RunDir, label: str) -> L.Trainer:
-    """A Lightning Trainer writing CSV logs and epoch-end checkpoints under ``run_dir``."""
+    """A Lightning Trainer writing CSV logs and epoch-end checkpoints under ``run_dir`` (the
+    method's own ``max_epochs`` when its entry sets one)."""
     spec = recipe.trainer
     checkpoints = ModelCheckpoint(dirpath=run_dir.checkpoint_dir(label), filename="{epoch}", save_last=True,
                                   save_top_k=1, every_n_epochs=1, save_on_train_epoch_end=True)
@@ -80,7 +81,7 @@ def make_trainer(recipe: Recipe, run_dir: RunDir, label: str) -> L.Trainer:
         loggers.append(TensorBoardLogger(run_dir.path / "logs", name=label, version="tensorboard"))
     return L.Trainer(
         **spec.hardware(),
-        max_epochs=spec.max_epochs,
+        max_epochs=recipe.methods[label].max_epochs or spec.max_epochs,
         max_steps=spec.max_steps,
         accumulate_grad_batches=spec.accumulate_grad_batches,
         gradient_clip_val=spec.gradient_clip_val,
@@ -136,7 +137,8 @@ def run_recipe(recipe: Recipe, run_dir: RunDir, *, resume: bool = False) -> dict
         student_model, teacher_model = build_models(recipe.data, recipe.student, recipe.teacher)
         model = teacher_model if trains_teacher else student_model
         method: DistillationMethod = component.target(
-            student=model, teacher=teacher if component.target.needs_teacher else None, optimizer=recipe.optimizer, **component.kwargs
+            student=model, teacher=teacher if component.target.needs_teacher else None, optimizer=component.optimizer or recipe.optimizer,
+            **component.kwargs
         )
         datamodule.attach_signals({})
         if recipe.cache.enabled and component.target.needs_teacher:

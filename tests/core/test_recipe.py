@@ -390,3 +390,16 @@ def test_empty_student_section_is_refused(tmp_path):
 def test_student_training_method_without_student_is_refused(tmp_path):
     path = _write(tmp_path, "name: t\ndata: {name: digits}\nmethods: {scratch: {}}\n")
     assert any("methods.scratch" in p and "student" in p for p in _problems(path))
+
+
+def test_a_method_sets_its_own_epochs_and_optimizer_over_the_recipes(tmp_path):
+    recipe = load_recipe(str(_write(tmp_path, BASE + "optimizer: {lr: 1e-3, name: sgd}\n")),
+                         ["methods.kd.max_epochs=7", "methods.kd.optimizer={lr: 0.1}"])
+    kd, scratch = recipe.methods["kd"], recipe.methods["scratch"]
+    assert kd.max_epochs == 7 and kd.optimizer.lr == 0.1 and kd.optimizer.name == "sgd"  # laid over the recipe's section
+    assert scratch.max_epochs is None and scratch.optimizer is None
+    assert recipe.resolved["methods"]["kd"]["max_epochs"] == 7 and recipe.resolved["methods"]["kd"]["optimizer"]["lr"] == 0.1
+    problems = _problems(_write(tmp_path, BASE), ["methods.kd.max_epochs=0", "methods.kd.optimizer={lr: -1}", "methods.scratch.optimizer=3"])
+    assert any("methods.kd.max_epochs" in p and ">= 1" in p for p in problems)
+    assert any("methods.kd.optimizer.lr" in p for p in problems)
+    assert any("methods.scratch.optimizer: expected a mapping" in p for p in problems)

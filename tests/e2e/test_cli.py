@@ -62,9 +62,13 @@ def test_methods_json_lists_every_method(tmp_path) -> None:
 
 def test_tiny_recipe_end_to_end_and_no_overwrite(tmp_path) -> None:
     (tmp_path / "tiny.yaml").write_text(TINY_RECIPE)
-    result = anydistill("run", "tiny.yaml", "--name", "t1", cwd=tmp_path)
+    result = anydistill("run", "tiny.yaml", "--name", "t1", "--set", "methods.teacher.max_epochs=3",
+                        "--set", "methods.kd.optimizer={lr: 0.01}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     run = tmp_path / "runs" / "t1"
+    epochs = {label: {row.split(",")[0] for row in (run / "logs" / label / "metrics.csv").read_text().splitlines()[1:]}
+              for label in ("teacher", "scratch")}
+    assert epochs == {"teacher": {"0", "1", "2"}, "scratch": {"0", "1"}}  # the teacher's own max_epochs
     metrics = json.loads((run / "metrics.json").read_text())
     assert set(metrics) == {"teacher", "scratch", "kd"}
     for entry in metrics.values():

@@ -255,3 +255,35 @@ def parse_recipe_file(raw: Any, overrides: list[str] = ()) -> tuple[RecipeFile |
         for section, items in nested.items():
             problems += _pydantic_problems(items, f"the '{section}' section", section, list(sections[section].model_fields))
     return (None if problems else parsed), problems
+
+
+SCHEDULE_KEYS = ("max_epochs", "optimizer")  # what a method entry may set for itself, over the recipe's
+
+
+def method_schedule(entry: dict[str, Any], recipe_optimizer: Any, where: str) -> tuple[int | None, OptimizerSpec | None, list[str]]:
+    """Take a method entry's own ``max_epochs`` and ``optimizer`` out of ``entry`` (in place).
+
+    A teacher trained in the recipe often needs more epochs than its students, and a method a
+    different learning rate: ``methods.teacher: {max_epochs: 30, optimizer: {lr: 3e-3}}``. The
+    entry's optimizer keys are laid over the recipe's ``optimizer`` section (raw mapping).
+
+    Returns:
+        (max_epochs or None, the merged OptimizerSpec or None, one line per problem).
+    """
+    problems: list[str] = []
+    max_epochs = entry.pop("max_epochs", None)
+    if max_epochs is not None and (isinstance(max_epochs, bool) or not isinstance(max_epochs, int) or max_epochs < 1):
+        problems.append(f"{where}.max_epochs: the method's own number of epochs must be an integer >= 1, got {max_epochs!r}.")
+        max_epochs = None
+    optimizer = None
+    if "optimizer" in entry:
+        own = entry.pop("optimizer")
+        if not isinstance(own, dict):
+            problems.append(f"{where}.optimizer: expected a mapping of optimizer settings (e.g. {{lr: 0.01}}), got {own!r}.")
+        else:
+            try:
+                optimizer = OptimizerSpec.model_validate({**(recipe_optimizer if isinstance(recipe_optimizer, dict) else {}), **own})
+            except pydantic.ValidationError as error:
+                problems += _pydantic_problems(error.errors(), f"the '{where}.optimizer' section", f"{where}.optimizer",
+                                               list(OptimizerSpec.model_fields))
+    return max_epochs, optimizer, problems
