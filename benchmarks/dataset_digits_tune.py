@@ -40,19 +40,20 @@ STAGES = {
 CANDIDATES = {label: spec for stage in STAGES.values() for label, spec in stage.items()}
 
 
-def run_stage(name: str, candidates: dict, baselines: list[str]) -> dict:
+def run_stage(name: str, candidates: dict, baselines: list[str], *, recipe_name: str = "digits/dataset-distillation",
+              ipc: int = 10, max_epochs: int = 10, evaluation: dict | None = None) -> dict:
     """The metrics of one validation-scored run of ``candidates`` (started or resumed if unfinished)."""
     metrics_path = RUNS / name / "metrics.json"
     if not metrics_path.exists():
         from anydistill.catalog import shipped_recipes
 
-        recipe = yaml.safe_load(shipped_recipes()["digits/dataset-distillation"].read_text())
+        recipe = yaml.safe_load(shipped_recipes()[recipe_name].read_text())
         recipe["methods"] = {label: {"name": method, **{k: v for k, v in recipe["methods"][method].items()
                                                          if k != "iterations_per_epoch"}, **params}
                              for label, (method, params) in candidates.items()}
-        recipe["evaluation"].update(score_split="val", baselines=baselines)
+        recipe["evaluation"].update(score_split="val", baselines=baselines, **(evaluation or {}))
         recipe.update(seed=0, name=name)
-        recipe["trainer"]["max_epochs"] = 10
+        recipe["trainer"]["max_epochs"] = max_epochs
         path = RUNS / f"{name}.yaml"
         RUNS.mkdir(exist_ok=True)
         path.write_text(yaml.safe_dump(recipe, sort_keys=False))
@@ -60,7 +61,7 @@ def run_stage(name: str, candidates: dict, baselines: list[str]) -> dict:
             subprocess.run(["anydistill", "run", "--resume", str(RUNS / name)], check=True)
         else:
             subprocess.run(["anydistill", "run", str(path), "--runs", str(RUNS), "--name", name,
-                            "--set=student.ipc=10", "--set=trainer.progress_bar=false"], check=True)
+                            f"--set=student.ipc={ipc}", "--set=trainer.progress_bar=false"], check=True)
     return json.loads(metrics_path.read_text())
 
 

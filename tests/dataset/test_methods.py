@@ -127,6 +127,17 @@ def test_experts_are_built_once_and_reused(digits, tmp_path) -> None:
     assert second.buffer.directory == first.buffer.directory
 
 
+def test_mtt_alpha_starts_at_syn_lr_init(digits, tmp_path) -> None:
+    settings = dict(dsa_strategy="none", net_width=WIDTH, num_experts=1, expert_train_epochs=2, max_start_epoch=1,
+                    expert_epochs=1, buffer_dir=str(tmp_path / "experts"))
+    method = attached(MTT(synthetic_set((1, 8, 8), 10, ipc=1, learn_lr=True), syn_lr_init=0.25, **settings), digits)
+    assert float(method.student.lr) == pytest.approx(0.25)
+    default = attached(MTT(synthetic_set((1, 8, 8), 10, ipc=1, learn_lr=True, initial_lr=0.02), **settings), digits)
+    assert float(default.student.lr) == pytest.approx(0.02)
+    with pytest.raises(ValueError, match="syn_lr_init"):
+        MTT(synthetic_set((1, 8, 8), 10, ipc=1), syn_lr_init=0.0)
+
+
 def test_resume_continues_exactly(digits, tmp_path) -> None:
     def method():
         return attached(DM(synthetic_set((1, 8, 8), 10, ipc=1), net_width=WIDTH, batch_real=16, iterations_per_epoch=3), digits)

@@ -9,7 +9,8 @@ One iteration (``distill.py``): pick a random expert and start epoch ``t < max_s
 a student at the expert's ``theta*_t``; take ``syn_steps`` functional SGD steps with the learnable
 step size alpha on minibatches of ``batch_syn`` synthetic images (per-image DSA), keeping the graph;
 minimise ``||theta_hat - theta*_{t+M}||^2 / ||theta*_t - theta*_{t+M}||^2`` (M = ``expert_epochs``)
-with SGD (momentum 0.5) on the pixels (``lr_images``) and on alpha (``lr_lr``).
+with SGD (momentum 0.5) on the pixels (``lr_images``) and on alpha (``lr_lr``). Alpha starts at
+``syn_lr_init`` (the official ``distill.py --lr_teacher``), or at the set's ``initial_lr`` if unset.
 
 Difference from the official code: alpha is stored as ``log alpha`` (`SyntheticSet.lr`), so that
 it stays positive; ``lr_lr`` is therefore the step size of ``log alpha``, not of alpha. A raw step
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +61,7 @@ class MTT(DatasetDistillationMethod):
         num_experts: int = 5,
         expert_train_epochs: int = 15,
         lr_teacher: float = 0.01,
+        syn_lr_init: float | None = None,
         buffer_dir: str = ".anydistill-cache/experts",
         dsa_strategy: str = "color_crop_cutout_scale_rotate",
         net_width: int = 128,
@@ -78,6 +81,9 @@ class MTT(DatasetDistillationMethod):
         self.lr_lr, self.syn_steps, self.expert_epochs = lr_lr, syn_steps, expert_epochs
         self.max_start_epoch, self.batch_syn = max_start_epoch, batch_syn or student.num_images
         self.num_experts, self.expert_train_epochs, self.lr_teacher = num_experts, expert_train_epochs, lr_teacher
+        if syn_lr_init is not None and not (math.isfinite(syn_lr_init) and syn_lr_init > 0):
+            raise ValueError(f"syn_lr_init must be a finite float > 0 (alpha at the start), got {syn_lr_init}.")
+        self.syn_lr_init = syn_lr_init
         self.buffer_dir = Path(buffer_dir)
         self.buffer: ExpertBuffer | None = None
 
@@ -93,6 +99,9 @@ class MTT(DatasetDistillationMethod):
 
     def attach_data(self, datamodule: Any) -> None:
         super().attach_data(datamodule)
+        if self.syn_lr_init is not None:  # alpha_0 (official: --lr_teacher of distill.py); a resumed run's checkpoint overrides it
+            with torch.no_grad():
+                self.student.log_lr.fill_(math.log(self.syn_lr_init))
         fingerprint = datamodule.fingerprint("train")
         spec = self.expert_spec()
         key = hashlib.sha256(json.dumps([fingerprint, spec, self.num_experts], sort_keys=True).encode()).hexdigest()[:16]
