@@ -63,7 +63,8 @@ def command_run(args: argparse.Namespace) -> int:
         from rich.console import Console
 
         # Piped output has no terminal width; rich would squeeze the table into 80 columns.
-        Console(width=None if sys.stdout.isatty() else 140).print(console_table(metrics, title=f"{recipe.name}: test split"))
+        table = console_table(metrics, title=f"{recipe.name}: test split", columns=recipe.evaluation.target.headline)
+        Console(width=None if sys.stdout.isatty() else 140).print(table)
         print(f"Run directory: {run_dir.path}  (report: {run_dir.path / 'report.md'})")
     return 0
 
@@ -143,7 +144,7 @@ def command_evaluate_synset(args: argparse.Namespace) -> int:
     evaluator.summarise(rows)
     from rich.console import Console
 
-    Console(width=None if sys.stdout.isatty() else 140).print(console_table(rows, title=f"{args.path}: {data_name} test split"))
+    Console(width=None if sys.stdout.isatty() else 140).print(console_table(rows, title=f"{args.path}: {data_name} {evaluator.score_split} split", columns=evaluator.headline))
     if args.out:
         Path(args.out).write_text(json.dumps({"rows": rows, "protocol": evaluator.card()}, indent=2) + "\n")
     return 0

@@ -180,6 +180,17 @@ def test_console_table_matches_markdown_cells() -> None:
         assert cell in rendered
 
 
+def test_console_table_keeps_an_evaluators_headline_columns_in_pattern_order() -> None:
+    metrics = {"teacher": {"swd@1": 1.37, "swd@64": 0.115, "swd_std@0": 0.02, "coupling@1": 1.9, "params": 9000, "nfe": 64},
+               "student": {"swd@1": 0.101, "coupling@1": 0.09, "params": 9000, "nfe": 1}}
+    console = Console(record=True, width=200)
+    console.print(console_table(metrics, columns=("params", "swd@*")))
+    rendered = console.export_text()
+    header = next(line for line in rendered.splitlines() if "model" in line)
+    assert header.index("params") < header.index("swd@1") < header.index("swd@64")
+    assert "coupling" not in rendered and "swd_std" not in rendered and "3 more columns in report.md" in rendered
+
+
 def test_read_log_csv_keeps_only_filled_cells(run_dir: Path) -> None:
     series = read_log_csv(run_dir / "logs" / "scratch" / "metrics.csv")
     assert series["val/accuracy"] == [(0.0, 0.80), (1.0, 0.90), (2.0, 0.94)]

@@ -10,7 +10,7 @@ module's registry name).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from torch import nn
 
@@ -19,6 +19,10 @@ from anydistill.core.teacher import Teacher
 
 class Evaluator:
     """Base class; the defaults do nothing, so a family overrides only what it needs."""
+
+    # Metric keys (fnmatch patterns, in display order) of the terminal table after a run; the
+    # report keeps every column. Empty: every column (the classifier family has few).
+    headline: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, data: Any, student_spec: dict[str, Any] | None = None, data_name: str | None = None):
         self.data = data

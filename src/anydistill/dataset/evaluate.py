@@ -49,6 +49,8 @@ class SynsetEvaluator(Evaluator):
             to choose a method's settings without looking at the test split.
     """
 
+    headline = ("accuracy", "accuracy_std", "gap_closed", "iterations", "eval_lr", "train_time_s")
+
     def __init__(
         self,
         data: Any,

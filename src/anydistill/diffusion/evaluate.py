@@ -57,6 +57,8 @@ class DiffusionEvaluator(Evaluator):
             sliced Wasserstein alone varies by about 30 % (8-Gaussian ring, 5,000 points).
     """
 
+    headline = ("swd@*", "high_quality@*", "fd@*", "class_acc@*", "ms_per_sample@*", "params")
+
     def __init__(
         self,
         data: Any,

@@ -68,6 +68,8 @@ class LMEvaluator(Evaluator):
         seed: seed of the sampled continuation (drawn on a forked RNG: training is unaffected).
     """
 
+    headline = ("nll", "perplexity", "kl_teacher", "gen_tokens_per_s", "params", "train_time_s")
+
     def __init__(
         self,
         data: Any,

@@ -10,8 +10,9 @@ Entries may lack keys (rendered as ``MISSING``) and families add their own metri
 
 from __future__ import annotations
 
+import fnmatch
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from numbers import Real
 
 from rich.table import Table
@@ -116,10 +117,22 @@ def metrics_table(metrics: Mapping[str, Mapping[str, object]]) -> str:
     return "\n".join("| " + " | ".join(_escape_markdown(c) for c in line) + " |" for line in lines)
 
 
-def console_table(metrics: Mapping[str, Mapping[str, object]], title: str | None = None) -> Table:
-    """Render ``metrics`` as a rich ``Table`` for the CLI, same columns as ``metrics_table``."""
+def headline_metrics(metrics: Mapping[str, Mapping[str, object]], patterns: Sequence[str]) -> tuple[dict[str, dict[str, object]], int]:
+    """``metrics`` restricted to the keys matching ``patterns`` (fnmatch, kept in pattern order),
+    and how many numeric columns were left out. No patterns: everything, 0 left out."""
+    columns = metric_columns(metrics)
+    if not patterns:
+        return {label: dict(entry) for label, entry in metrics.items()}, 0
+    keep = list(dict.fromkeys(key for pattern in patterns for key in columns if fnmatch.fnmatchcase(key, pattern)))
+    return {label: {key: entry.get(key) for key in keep} for label, entry in metrics.items()}, len(columns) - len(keep)
+
+
+def console_table(metrics: Mapping[str, Mapping[str, object]], title: str | None = None, columns: Sequence[str] = ()) -> Table:
+    """Render ``metrics`` as a rich ``Table`` for the CLI, same cells as ``metrics_table``; with
+    ``columns`` (an evaluator's ``headline`` patterns) only those, the rest named in a caption."""
+    metrics, hidden = headline_metrics(metrics, columns)
     headers, rows = table_rows(metrics)
-    table = Table(title=title)
+    table = Table(title=title, caption=f"{hidden} more columns in report.md" if hidden else None)
     table.add_column(headers[0], justify="left", style="bold", no_wrap=True)
     for name in headers[1:]:
         table.add_column(name, justify="right")
