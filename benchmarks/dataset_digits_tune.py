@@ -22,8 +22,9 @@ from common import mean_std, write_results
 
 RUNS = Path(__file__).parent / "runs"
 # run name -> {label: (method, its parameters)}; iterations = 10 epochs x iterations_per_epoch. The
-# second run was added after the first showed DC's images turning to noise at the papers' lr_images
-# (0.1, set for 28x28 and 32x32 images) on 8x8 digits: it tries a 10x smaller pixel step.
+# second run was added after the first: DC's images turned to noise at the papers' lr_images (0.1,
+# set for 28x28 and 32x32 images) on 8x8 digits, so it tries a 10x smaller pixel step; MTT got worse
+# as lr_images grew, so it tries longer expert trajectories.
 STAGES = {
     "digits-dd-ipc10-tune-val": {
         "dc@10it": ("dc", {"iterations_per_epoch": 1}),
@@ -35,6 +36,13 @@ STAGES = {
     "digits-dd-ipc10-tune-val-dc-lr": {
         "dc@lr0.01-10it": ("dc", {"iterations_per_epoch": 1, "lr_images": 0.01}),
         "dc@lr0.01-50it": ("dc", {"iterations_per_epoch": 5, "lr_images": 0.01}),
+        # An expert epoch on digits' 1,257 images is 5 SGD steps (CIFAR: 196), so the shipped
+        # experts (10 epochs) stop early and 2 expert epochs are 10 steps: longer experts and
+        # segments make MTT match more of training.
+        "mtt@long-lr10": ("mtt", {"iterations_per_epoch": 20, "lr_images": 10.0, "expert_train_epochs": 60,
+                                  "max_start_epoch": 40, "expert_epochs": 8, "syn_steps": 20}),
+        "mtt@long-lr100": ("mtt", {"iterations_per_epoch": 20, "lr_images": 100.0, "expert_train_epochs": 60,
+                                   "max_start_epoch": 40, "expert_epochs": 8, "syn_steps": 20}),
     },
 }
 CANDIDATES = {label: spec for stage in STAGES.values() for label, spec in stage.items()}
