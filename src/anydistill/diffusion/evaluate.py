@@ -57,7 +57,7 @@ class DiffusionEvaluator(Evaluator):
             sliced Wasserstein alone varies by about 30 % (8-Gaussian ring, 5,000 points).
     """
 
-    headline = ("swd@*", "high_quality@*", "fd@*", "class_acc@*", "ms_per_sample@*", "params")
+    headline = ("swd@*", "high_quality@*", "fd@*", "class_acc@*")
 
     def __init__(
         self,

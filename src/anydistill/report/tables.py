@@ -90,9 +90,10 @@ def format_value(key: str, value: object) -> str:
     return f"{value:,.0f}" if abs(value) >= 1e4 else f"{value:.4g}"
 
 
-def table_rows(metrics: Mapping[str, Mapping[str, object]]) -> tuple[list[str], list[list[str]]]:
-    """Return ``(headers, rows)`` of formatted strings; the first column is the model label."""
-    columns = metric_columns(metrics)
+def table_rows(metrics: Mapping[str, Mapping[str, object]], columns: Sequence[str] | None = None) -> tuple[list[str], list[list[str]]]:
+    """Return ``(headers, rows)`` of formatted strings; the first column is the model label.
+    ``columns``: the metric keys in display order (default: `metric_columns`)."""
+    columns = metric_columns(metrics) if columns is None else list(columns)
     headers = ["model"] + [header(key) for key in columns]
     rows = [
         [str(label)] + [format_value(key, entry.get(key)) for key in columns]
@@ -117,21 +118,20 @@ def metrics_table(metrics: Mapping[str, Mapping[str, object]]) -> str:
     return "\n".join("| " + " | ".join(_escape_markdown(c) for c in line) + " |" for line in lines)
 
 
-def headline_metrics(metrics: Mapping[str, Mapping[str, object]], patterns: Sequence[str]) -> tuple[dict[str, dict[str, object]], int]:
-    """``metrics`` restricted to the keys matching ``patterns`` (fnmatch, kept in pattern order),
-    and how many numeric columns were left out. No patterns: everything, 0 left out."""
+def headline_columns(metrics: Mapping[str, Mapping[str, object]], patterns: Sequence[str]) -> list[str]:
+    """The metric keys matching ``patterns`` (fnmatch), in pattern order; no patterns: all of them."""
     columns = metric_columns(metrics)
     if not patterns:
-        return {label: dict(entry) for label, entry in metrics.items()}, 0
-    keep = list(dict.fromkeys(key for pattern in patterns for key in columns if fnmatch.fnmatchcase(key, pattern)))
-    return {label: {key: entry.get(key) for key in keep} for label, entry in metrics.items()}, len(columns) - len(keep)
+        return columns
+    return list(dict.fromkeys(key for pattern in patterns for key in columns if fnmatch.fnmatchcase(key, pattern)))
 
 
 def console_table(metrics: Mapping[str, Mapping[str, object]], title: str | None = None, columns: Sequence[str] = ()) -> Table:
     """Render ``metrics`` as a rich ``Table`` for the CLI, same cells as ``metrics_table``; with
-    ``columns`` (an evaluator's ``headline`` patterns) only those, the rest named in a caption."""
-    metrics, hidden = headline_metrics(metrics, columns)
-    headers, rows = table_rows(metrics)
+    ``columns`` (an evaluator's ``headline`` patterns) only those, the rest counted in a caption."""
+    shown = headline_columns(metrics, columns)
+    hidden = len(metric_columns(metrics)) - len(shown)
+    headers, rows = table_rows(metrics, shown)
     table = Table(title=title, caption=f"{hidden} more columns in report.md" if hidden else None)
     table.add_column(headers[0], justify="left", style="bold", no_wrap=True)
     for name in headers[1:]:
