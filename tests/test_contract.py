@@ -14,7 +14,9 @@ from anydistill.core.teacher import Teacher
 
 # Small settings per family, so that one step takes about a second.
 FAST = {
-    "dataset": ["student.ipc=1"],  # the synthetic set needs every class's real images: no train_limit
+    # The synthetic set needs every class's real images (no train_limit); MTT's experts stay short.
+    "dataset": ["student.ipc=1", "methods.mtt.num_experts=1", "methods.mtt.expert_train_epochs=3", "methods.mtt.max_start_epoch=1",
+                "methods.mtt.expert_epochs=2"],
     "lm": ["data.train_limit=8", "data.batch_size=4", "data.eval_limit=4"],
 }
 FAST_DEFAULT = ["data.train_limit=64", "data.batch_size=32"]
