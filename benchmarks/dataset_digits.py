@@ -7,7 +7,7 @@ run of each IPC by the same evaluator (they do not depend on the distillation se
 
 Run: python benchmarks/dataset_digits.py   (about an hour on one core; --report summarises finished runs only;
 --long adds DC and MTT at IPC 10 with the settings benchmarks/dataset_digits_tune.py chose on the
-validation split, 3 more seeds, about 40 minutes)
+validation split, 3 more seeds, about 70 minutes; --long --seed S runs one seed, for parallel launches)
 """
 
 from __future__ import annotations
@@ -63,17 +63,18 @@ def long_runs() -> dict[str, list[dict]]:
     if not labels:
         return {}
     out: dict[str, list[dict]] = {label: [] for label in labels}
-    for seed in SEEDS:
-        name = f"digits-dd-ipc10-long-seed{seed}"
+    only = int(sys.argv[sys.argv.index("--seed") + 1]) if "--seed" in sys.argv else None  # parallel launches
+    for seed, label in [(seed, label) for seed in SEEDS for label in labels]:
+        name = f"digits-dd-ipc10-long-{label.split('@')[0]}-seed{seed}"  # one run per method and seed
         metrics = RUNS / name / "metrics.json"
-        if not metrics.exists() and "--report" not in sys.argv:
+        if not metrics.exists() and "--report" not in sys.argv and only in (None, seed):
             import yaml
             from anydistill.catalog import shipped_recipes
 
             recipe = yaml.safe_load(shipped_recipes()["digits/dataset-distillation"].read_text())
-            recipe["methods"] = {label: {"name": CANDIDATES[label][0],
-                                         **{k: v for k, v in recipe["methods"][CANDIDATES[label][0]].items() if k != "iterations_per_epoch"},
-                                         **CANDIDATES[label][1]} for label in labels}
+            method = CANDIDATES[label][0]
+            recipe["methods"] = {label: {"name": method, **{k: v for k, v in recipe["methods"][method].items() if k != "iterations_per_epoch"},
+                                         **CANDIDATES[label][1]}}
             recipe["evaluation"]["baselines"] = []
             recipe.update(seed=seed, name=name)
             recipe["trainer"]["max_epochs"] = 10
@@ -86,9 +87,8 @@ def long_runs() -> dict[str, list[dict]]:
                                 "--set=student.ipc=10", "--set=trainer.progress_bar=false"], check=True)
         if metrics.exists():
             finished = json.loads(metrics.read_text())
-            for label in labels:
-                if label in finished:
-                    out[label].append(finished[label])
+            if label in finished:
+                out[label].append(finished[label])
     return out
 
 
