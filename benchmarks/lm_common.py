@@ -107,3 +107,22 @@ def teacher_nll_of_samples(model, teacher_model, datamodule, *, blocks: int = 64
     logits = causal_logits(teacher_model, sequences, torch.ones_like(sequences))
     total, count = token_ce_loss(logits, sequences[:, 1:], mask[:, 1:])
     return float(total) / max(count, 1)
+
+
+SAMPLE_KEYS = ("nll", "kl_teacher", "teacher_nll_of_samples", "seconds")
+
+
+def seeded_runs(builders: dict, teacher: Teacher, datamodule: ShakespeareData, seeds, steps: int) -> dict[str, dict[str, list[float]]]:
+    """Train ``builders[label](student, teacher)`` for every seed and label (``steps`` steps each) and
+    collect ``SAMPLE_KEYS``: held-out scores, the teacher's NLL of the student's samples, seconds."""
+    results = {label: {k: [] for k in SAMPLE_KEYS} for label in builders}
+    for seed in seeds:
+        for label, build in builders.items():
+            method = build(student(seed), teacher)
+            seconds = fit(method, datamodule, steps)
+            found = scores(method.student, teacher.model, datamodule)
+            found["teacher_nll_of_samples"] = teacher_nll_of_samples(method.student, teacher.model, datamodule)
+            for key, value in {**found, "seconds": seconds}.items():
+                results[label][key].append(value)
+            print(seed, label, found, f"{seconds:.1f}s", flush=True)
+    return results

@@ -17,17 +17,10 @@ DIVERGENCES = {"fkl": {}, "rkl": {}, "jsd (beta=0.5)": {"beta": 0.5}}
 
 def main() -> None:
     teacher, datamodule = c.teacher(), c.data()
-    keys = ("nll", "kl_teacher", "teacher_nll_of_samples", "seconds")
-    results = {label: {k: [] for k in keys} for label in DIVERGENCES}
-    for seed in SEEDS:
-        for label, extra in DIVERGENCES.items():
-            method = LMKD(c.student(seed), teacher, c.OPTIMIZER, divergence=label.split()[0], alpha=1.0, **extra)
-            seconds = c.fit(method, datamodule, STEPS)
-            scores = c.scores(method.student, teacher.model, datamodule)
-            scores["teacher_nll_of_samples"] = c.teacher_nll_of_samples(method.student, teacher.model, datamodule)
-            for key, value in {**scores, "seconds": seconds}.items():
-                results[label][key].append(value)
-            print(seed, label, scores, f"{seconds:.1f}s", flush=True)
+    keys = c.SAMPLE_KEYS
+    builders = {label: (lambda s, t, label=label, extra=extra: LMKD(s, t, c.OPTIMIZER, divergence=label.split()[0], alpha=1.0, **extra))
+                for label, extra in DIVERGENCES.items()}
+    results = c.seeded_runs(builders, teacher, datamodule, SEEDS, STEPS)
     lines = [
         "# Token-level divergences: fkl vs rkl vs jsd (Shakespeare, held-out plays)",
         "",

@@ -23,17 +23,8 @@ METHODS = {
 
 def main() -> None:
     teacher, datamodule = c.teacher(), c.data()
-    keys = ("nll", "kl_teacher", "teacher_nll_of_samples", "seconds")
-    results = {label: {k: [] for k in keys} for label in METHODS}
-    for seed in SEEDS:
-        for label, build in METHODS.items():
-            method = build(c.student(seed), teacher)
-            seconds = c.fit(method, datamodule, STEPS)
-            scores = c.scores(method.student, teacher.model, datamodule)
-            scores["teacher_nll_of_samples"] = c.teacher_nll_of_samples(method.student, teacher.model, datamodule)
-            for key, value in {**scores, "seconds": seconds}.items():
-                results[label][key].append(value)
-            print(seed, label, scores, f"{seconds:.1f}s", flush=True)
+    keys = c.SAMPLE_KEYS
+    results = c.seeded_runs(METHODS, teacher, datamodule, SEEDS, STEPS)
     lines = [
         "# GKD: on-policy fraction lambda (Shakespeare, held-out plays)",
         "",
