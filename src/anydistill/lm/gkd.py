@@ -76,8 +76,9 @@ class GKD(DistillationMethod):
         # Padding after an early <eos> is masked out of the loss; attention over it is harmless
         # (causal: no kept position attends to a later one).
         ones = torch.ones_like(ids)
-        logits = causal_logits(self.student, ids, ones)
+        # The teacher runs before the student's graph exists (see LMKD.training_step: ~1.4x faster on CPU).
         target = teacher_logits(self.teacher, ids, ones, self.vocab)  # the only teacher pass of the step
+        logits = causal_logits(self.student, ids, ones)
         jsd_sum, count = token_distill_loss(logits[..., : self.vocab], target, mask, divergence="jsd", beta=self.beta)
         size = ids.shape[0]
         self.log_train("train/loss", jsd_sum.detach() / max(count, 1), size, prog_bar=True)

@@ -102,9 +102,13 @@ class LMKD(DistillationMethod):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         targets, mask = targets_and_mask(batch["input_ids"], batch["completion_mask"])
+        # Teacher first: its forward then allocates while no student graph is alive. The other order
+        # (TRL's) makes glibc malloc hand the teacher's large buffers back to the OS and fault them in
+        # again on every step: 70 vs 48 ms per step for the benchmark's models at 2 threads.
+        signal = self.teacher_signal(batch)
         logits = causal_logits(self.student, batch["input_ids"], batch["attention_mask"])
         kd_sum, count = token_distill_loss(
-            logits[..., : self.vocab], self.teacher_signal(batch), mask, divergence=self.divergence,
+            logits[..., : self.vocab], signal, mask, divergence=self.divergence,
             temperature=self.temperature, beta=self.beta, alpha=self.skew_alpha, scale_by_t2=self.scale_by_t2,
         )
         loss_sum = self.alpha * kd_sum
