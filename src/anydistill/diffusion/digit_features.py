@@ -47,18 +47,19 @@ def features_and_logits(net: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
 
 def frechet_distance(a: Tensor, b: Tensor) -> float:
     r"""``||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^{1/2})`` between Gaussians fitted to the
-    feature sets ``a [N, D]`` and ``b [M, D]`` (Heusel et al. 2017, FID's formula)."""
-    from scipy import linalg
+    feature sets ``a [N, D]`` and ``b [M, D]`` (Heusel et al. 2017, FID's formula).
 
+    ``Tr((S_a S_b)^{1/2})`` is computed as the sum of the square roots of the eigenvalues of the
+    symmetric ``S_a^{1/2} S_b S_a^{1/2}`` (same spectrum as ``S_a S_b``), so near-singular
+    covariances (few samples, dead features) need no matrix square root of a non-symmetric product.
+    """
     a64, b64 = a.double().numpy(), b.double().numpy()
     mu_a, mu_b = a64.mean(0), b64.mean(0)
-    cov_a, cov_b = np.cov(a64, rowvar=False), np.cov(b64, rowvar=False)
-    covmean, _ = linalg.sqrtm(cov_a @ cov_b, disp=False)
-    if not np.isfinite(covmean).all():  # near-singular product: regularise, as pytorch-fid does
-        offset = np.eye(cov_a.shape[0]) * 1e-6
-        covmean = linalg.sqrtm((cov_a + offset) @ (cov_b + offset))
-    covmean = covmean.real
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(covmean))
+    cov_a, cov_b = (np.atleast_2d(np.cov(x, rowvar=False)) for x in (a64, b64))  # [D, D], also for D = 1
+    values, vectors = np.linalg.eigh(cov_a)
+    root_a = (vectors * np.sqrt(values.clip(min=0))) @ vectors.T
+    trace_covmean = np.sqrt(np.linalg.eigvalsh(root_a @ cov_b @ root_a).clip(min=0)).sum()
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * trace_covmean)
 
 
 def per_class_diversity(x: Tensor, y: Tensor) -> float:
