@@ -53,8 +53,9 @@ CANDIDATES = {label: spec for stage in STAGES.values() for label, spec in stage.
 
 
 def run_stage(name: str, candidates: dict, baselines: list[str], *, recipe_name: str = "digits/dataset-distillation",
-              ipc: int = 10, max_epochs: int = 10, evaluation: dict | None = None) -> dict:
-    """The metrics of one validation-scored run of ``candidates`` (started or resumed if unfinished)."""
+              ipc: int = 10, max_epochs: int = 10, evaluation: dict | None = None, sets: tuple[str, ...] = ()) -> dict:
+    """The metrics of one validation-scored run of ``candidates`` (started or resumed if unfinished);
+    ``sets`` are extra ``--set`` overrides of the whole run (e.g. ``student.learn_lr=false``)."""
     metrics_path = RUNS / name / "metrics.json"
     if not metrics_path.exists():
         from anydistill.catalog import shipped_recipes
@@ -73,7 +74,8 @@ def run_stage(name: str, candidates: dict, baselines: list[str], *, recipe_name:
             subprocess.run(["anydistill", "run", "--resume", str(RUNS / name)], check=True)
         else:
             subprocess.run(["anydistill", "run", str(path), "--runs", str(RUNS), "--name", name,
-                            f"--set=student.ipc={ipc}", "--set=trainer.progress_bar=false"], check=True)
+                            f"--set=student.ipc={ipc}", "--set=trainer.progress_bar=false", *(f"--set={o}" for o in sets)],
+                           check=True)
     return json.loads(metrics_path.read_text())
 
 
