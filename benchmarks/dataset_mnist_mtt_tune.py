@@ -81,7 +81,7 @@ def report(metrics: dict) -> None:
             mean, std = mean_std(accs)
             rows[label] = {"mean": mean, "std": std, "eval_lr": metrics[label].get("eval_lr"),
                            "train_time_s": metrics[label].get("train_time_s"), "ipc": ipc}
-            learned = "student.learn_lr=false" not in CANDIDATES.get(label, ("", {}, ("student.learn_lr=false",)))[2]
+            learned = label in CANDIDATES and "student.learn_lr=false" not in CANDIDATES[label][2]
             alpha = f"{rows[label]['eval_lr']:.4f}" if rows[label]["eval_lr"] and learned else "—"
             lines.append(f"| {label} | {mean:.2f} ± {std:.2f} | {alpha} | {rows[label]['train_time_s'] or '—'} |")
         tried = [label for label in labels[1:] if label in rows]

@@ -2,7 +2,7 @@
 benchmarks/runs/lm_teacher/, rebuilt when absent), students trained for a fixed number of steps, held-out metrics.
 
 Scale (one CPU thread): teacher GPT-2 4 layers d=128 (0.83 M params), student 1 layer d=64
-(0.06 M), blocks of 64 characters, batch 32. Everything is seeded; `OMP_NUM_THREADS=1`.
+(0.06 M), blocks of 64 characters, batch 32. Everything is seeded; threads: `OMP_NUM_THREADS` (default 1).
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ from anydistill.zoo.causal_lm import gpt2_lm  # noqa: E402
 from anydistill.zoo.shakespeare import ShakespeareData  # noqa: E402
 from common import mean_std, write_results  # noqa: E402, F401
 
-torch.set_num_threads(1)
+# One thread unless the caller's environment says otherwise (lm_vs_trl's children run at 2).
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
 RUNS = Path(__file__).parent / "runs" / "lm_teacher"  # the trained teacher, reused by every LM benchmark (not committed)
 DATA = dict(block_size=64, prompt_tokens=16, batch_size=32, eval_limit=256, seed=0)
 TEACHER = dict(vocab_size=96, n_layer=4, n_embd=128, n_head=4, n_positions=64)

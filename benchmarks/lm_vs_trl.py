@@ -53,8 +53,6 @@ def blocks(count: int):
 def child(config: str, model_dir: Path, seed: int) -> dict:
     import torch
 
-    import lm_common  # noqa: F401  (it sets 1 thread for the other LM benchmarks: import it before setting ours)
-
     torch.set_num_threads(THREADS)
     torch.manual_seed(seed)
     from transformers import AutoModelForCausalLM, AutoTokenizer

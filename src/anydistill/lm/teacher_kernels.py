@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from torch import nn
 
-# The unfused spellings of tanh-GELU in transformers (checked by name: no import needed to skip them).
+# The unfused spellings of tanh-GELU in transformers, matched by class name.
 _UNFUSED_TANH_GELU = ("NewGELUActivation", "FastGELUActivation")
 
 
