@@ -21,7 +21,7 @@ import torch
 from anydistill.dataset.convnet import convnet
 from anydistill.dataset.coresets import random_subset
 from anydistill.dataset.protocol import EvalProtocol, train_and_test
-from anydistill.zoo.mnist import MNISTData
+from anydistill.data.mnist import MNISTData
 from common import RESULTS, mean_std, write_results
 
 PUBLISHED = {1: (64.9, 3.5), 10: (95.1, 0.9)}

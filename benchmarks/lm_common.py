@@ -25,9 +25,9 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 from anydistill.core.recipe import OptimizerSpec  # noqa: E402
 from anydistill.core.teacher import Teacher  # noqa: E402
 from anydistill.lm.evaluate import held_out_kl, held_out_nll  # noqa: E402
-from anydistill.lm.sft import LMTeacher  # noqa: E402
-from anydistill.zoo.causal_lm import gpt2_lm  # noqa: E402
-from anydistill.zoo.shakespeare import ShakespeareData  # noqa: E402
+from anydistill.lm.methods.sft import LMTeacher  # noqa: E402
+from anydistill.models.causal_lm import gpt2_lm  # noqa: E402
+from anydistill.data.shakespeare import ShakespeareData  # noqa: E402
 from common import mean_std, write_results  # noqa: E402, F401
 
 # One thread unless the caller's environment says otherwise (lm_vs_trl's children run at 2).

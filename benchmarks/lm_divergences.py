@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 
 import lm_common as c
-from anydistill.lm.kd import LMKD
+from anydistill.lm.methods.kd import LMKD
 
 SEEDS, STEPS = (0, 1, 2), 300
 DIVERGENCES = {"fkl": {}, "rkl": {}, "jsd (beta=0.5)": {"beta": 0.5}}

@@ -8,8 +8,8 @@ from __future__ import annotations
 import time
 
 import lm_common as c
-from anydistill.lm.kd import LMKD
-from anydistill.lm.sft import LMSFT
+from anydistill.lm.methods.kd import LMKD
+from anydistill.lm.methods.sft import LMSFT
 
 SEEDS, STEPS = (0, 1, 2), 300
 METHODS = {

@@ -9,8 +9,8 @@ from __future__ import annotations
 import time
 
 import lm_common as c
-from anydistill.lm.seq_kd import SeqKD
-from anydistill.lm.sft import LMSFT
+from anydistill.lm.methods.seq_kd import SeqKD
+from anydistill.lm.methods.sft import LMSFT
 
 SEEDS, STEPS = (0, 1, 2), 150
 METHODS = {

@@ -18,8 +18,8 @@ import torch
 
 import lm_common as c
 from anydistill.lm.common import teacher_logits
-from anydistill.lm.kd import LMKD
-from anydistill.lm.sft import LMSFT
+from anydistill.lm.methods.kd import LMKD
+from anydistill.lm.methods.sft import LMSFT
 from anydistill.lm.topk import bytes_per_token, reconstruction_kl, sparsify
 
 SEEDS, STEPS, VOCAB = (0, 1, 2), 300, 96

@@ -136,9 +136,9 @@ def run_ours(config, teacher, student, data, times, seed, model_dir) -> dict:
     import lm_common as c
     from anydistill.core.recipe import OptimizerSpec
     from anydistill.core.teacher import Teacher
-    from anydistill.lm.gkd import GKD
-    from anydistill.lm.kd import LMKD
-    from anydistill.zoo.shakespeare import ShakespeareData
+    from anydistill.lm.methods.gkd import GKD
+    from anydistill.lm.methods.kd import LMKD
+    from anydistill.data.shakespeare import ShakespeareData
 
     class Blocks(ShakespeareData):  # the same blocks as the other children, in order, with the saved tokenizer
         def setup(self, stage=None):  # (as in the TRL child, the corpus itself is never loaded)
@@ -161,7 +161,7 @@ def run_ours(config, teacher, student, data, times, seed, model_dir) -> dict:
         began = time.perf_counter()
         datamodule.setup()
         from anydistill.lm.topk_cache import open_or_build_topk_cache
-        from anydistill.zoo.lm_tokenizers import tokenizer_fingerprint
+        from anydistill.data.tokenizers import tokenizer_fingerprint
 
         method.signals, _, _ = open_or_build_topk_cache(
             cache, wrapped, data, dataset_fingerprint=datamodule.fingerprint("train"),
@@ -188,7 +188,7 @@ def main() -> None:
     import torch
 
     import lm_common as c
-    from anydistill.zoo.shakespeare import ShakespeareData
+    from anydistill.data.shakespeare import ShakespeareData
 
     work = Path(tempfile.mkdtemp(prefix="lm-vs-trl-"))
     teacher = c.teacher().model

@@ -1,9 +1,6 @@
-"""What anydistill ships, by name: methods, data modules and models, and the recipe loader that
-checks a recipe against their signatures.
-
-Built-in entries are listed here as import paths, so every name is registered whatever was
-imported before; users add their own with ``METHODS.register("name")`` or name an import path.
-"""
+"""The recipe loader: reads a recipe, checks every section against the signature of what the
+registries (`anydistill.registries`, filled from the families' tables and plugins) return, builds
+the models once on zeros, and reports every problem at once."""
 
 from __future__ import annotations
 
@@ -30,72 +27,11 @@ from anydistill.core.recipe import (
     read_yaml,
     validate_kwargs,
 )
-from anydistill.core.registry import Registry
 from anydistill.core.method import DistillationMethod
 from anydistill.core.taps import capture_features, find_module
+from anydistill.registries import DATA, EVALUATORS, METHODS, MODELS
 
-METHODS = Registry(
-    "method",
-    {
-        "teacher": "anydistill.classifier.supervised:TrainTeacher",
-        "scratch": "anydistill.classifier.supervised:Scratch",
-        "kd": "anydistill.classifier.kd:KD",
-        "fitnets": "anydistill.classifier.fitnets:FitNets",
-        "attention-transfer": "anydistill.classifier.attention_transfer:AttentionTransfer",
-        "dkd": "anydistill.classifier.dkd:DKD",
-        "dc": "anydistill.dataset.dc:DC",
-        "dsa": "anydistill.dataset.dc:DSA",
-        "dm": "anydistill.dataset.dm:DM",
-        "mtt": "anydistill.dataset.mtt:MTT",
-        "diffusion-teacher": "anydistill.diffusion.train_teacher:DiffusionTeacherTraining",
-        "lm-teacher": "anydistill.lm.sft:LMTeacher",
-        "lm-sft": "anydistill.lm.sft:LMSFT",
-        "lm-kd": "anydistill.lm.kd:LMKD",
-        "gkd": "anydistill.lm.gkd:GKD",
-        "seq-kd": "anydistill.lm.seq_kd:SeqKD",
-        "progressive": "anydistill.diffusion.progressive:ProgressiveDistillation",
-        "consistency": "anydistill.diffusion.consistency:ConsistencyDistillation",
-        "reflow": "anydistill.diffusion.reflow:Reflow",
-        "dmd": "anydistill.diffusion.dmd:DMD",
-        "dmd2": "anydistill.diffusion.dmd2:DMD2",
-    },
-)
-DATA = Registry(
-    "data module",
-    {
-        "digits": "anydistill.zoo.digits:DigitsData",
-        "mnist": "anydistill.zoo.mnist:MNISTData",
-        "toy2d": "anydistill.zoo.toy2d_data:Toy2DData",
-        "toy2d-conditional": "anydistill.zoo.toy2d_data:Toy2DConditionalData",
-        "digits-generation": "anydistill.zoo.digits_generation:DigitsGenerationData",
-        "shakespeare": "anydistill.zoo.shakespeare:ShakespeareData",
-    },
-)
-MODELS = Registry(
-    "model",
-    {
-        "mlp": "anydistill.zoo.models:mlp",
-        "synthetic-set": "anydistill.dataset.synset:synthetic_set",
-        "small-cnn": "anydistill.zoo.models:small_cnn",
-        "ccexam-mnistnet": "anydistill.zoo.teachers:ccexam_mnistnet",
-        "mlp-denoiser": "anydistill.zoo.diffusion_models:mlp_flow_denoiser",
-        "conv-denoiser": "anydistill.zoo.diffusion_models:conv_flow_denoiser",
-        "diffusers-unet": "anydistill.zoo.diffusion_models:diffusers_unet_denoiser",
-        "gpt2-lm": "anydistill.zoo.causal_lm:gpt2_lm",
-        "llama-lm": "anydistill.zoo.causal_lm:llama_lm",
-    },
-)
-
-# One evaluator per family: every model of a recipe is scored by the same one.
-EVALUATORS = Registry(
-    "evaluator",
-    {
-        "classifier": "anydistill.classifier.evaluate:ClassifierEvaluator",
-        "dataset": "anydistill.dataset.evaluate:SynsetEvaluator",
-        "diffusion": "anydistill.diffusion.evaluate:DiffusionEvaluator",
-        "lm": "anydistill.lm.evaluate:LMEvaluator",
-    },
-)
+__all__ = ["DATA", "EVALUATORS", "METHODS", "MODELS", "Recipe", "build_models", "load_recipe"]
 
 EVALUATOR_INJECTED = frozenset({"data", "student_spec", "data_name"})
 METHOD_INJECTED = frozenset({"student", "teacher", "optimizer"})
@@ -305,7 +241,7 @@ def load_recipe(path_or_name: str, overrides: list[str] = ()) -> Recipe:
         try:
             evaluator = EVALUATORS.get(family)
         except LookupError:
-            problems.append(f"methods: no evaluator is registered for the '{family}' family; register one in anydistill.catalog.EVALUATORS.")
+            problems.append(f"methods: no evaluator is registered for the '{family}' family; register one in anydistill.registries.EVALUATORS.")
         else:
             values, found = validate_kwargs(evaluator, dict(section or {}), owner=f"the {family} evaluator",
                                             where="evaluation", injected=EVALUATOR_INJECTED)

@@ -16,7 +16,7 @@ from anydistill.core.cache import (
 )
 from anydistill.core.errors import CacheError
 from anydistill.core.teacher import Teacher
-from anydistill.zoo.models import small_cnn
+from anydistill.models.classifiers import small_cnn
 
 TRANSFORM = "identity"
 

@@ -220,7 +220,7 @@ def test_validate_kwargs_missing_required_and_strict_bool():
 
 
 def test_validate_kwargs_on_a_class_uses_its_init():
-    from anydistill.classifier.kd import KD
+    from anydistill.classifier.methods.kd import KD
 
     values, problems = validate_kwargs(KD, {}, owner="method 'kd'", where="methods.kd", injected=frozenset({"student", "teacher", "optimizer"}))
     assert problems == [] and values == {"temperature": 4.0, "alpha": 0.9}

@@ -5,11 +5,11 @@ from torch import nn
 
 from anydistill.catalog import DATA, METHODS, MODELS, load_recipe
 from anydistill.core.registry import Registry, import_object
-from anydistill.zoo import models
+from anydistill.models import classifiers as models
 
 
 def test_builtin_entries_resolve_lazily():
-    registry = Registry("model", {"mlp": "anydistill.zoo.models:mlp"})
+    registry = Registry("model", {"mlp": "anydistill.models.classifiers:mlp"})
     assert "mlp" in registry and registry._objects == {}
     assert registry.get("mlp") is models.mlp
     assert registry.names() == ["mlp"]
@@ -38,7 +38,7 @@ def test_unknown_name_without_close_match_has_no_suggestion():
     assert "did you mean" not in message
 
 
-@pytest.mark.parametrize("path", ["anydistill.zoo.models:mlp", "anydistill.zoo.models.mlp"])
+@pytest.mark.parametrize("path", ["anydistill.models.classifiers:mlp", "anydistill.models.classifiers.mlp"])
 def test_dotted_import_path_escape_hatch(path):
     assert MODELS.get(path) is models.mlp
     assert import_object(path) is models.mlp
@@ -47,12 +47,12 @@ def test_dotted_import_path_escape_hatch(path):
 def test_bad_import_paths_say_what_is_missing():
     with pytest.raises(LookupError, match="cannot import module 'anydistill.no_such_module'"):
         MODELS.get("anydistill.no_such_module:thing")
-    with pytest.raises(LookupError, match="module 'anydistill.zoo.models' has no attribute 'nope'"):
-        MODELS.get("anydistill.zoo.models:nope")
+    with pytest.raises(LookupError, match="module 'anydistill.models.classifiers' has no attribute 'nope'"):
+        MODELS.get("anydistill.models.classifiers:nope")
 
 
 def test_register_adds_a_user_entry_and_refuses_duplicates():
-    registry = Registry("model", {"mlp": "anydistill.zoo.models:mlp"})
+    registry = Registry("model", {"mlp": "anydistill.models.classifiers:mlp"})
 
     @registry.register("tiny")
     def tiny(input_shape, num_classes):
@@ -84,7 +84,7 @@ def test_registered_user_model_is_usable_in_a_recipe(tmp_path, monkeypatch):
 
 def test_import_path_in_a_recipe(tmp_path):
     path = tmp_path / "r.yaml"
-    path.write_text("name: t\ndata: {name: digits}\nstudent: {name: 'anydistill.zoo.models:mlp', hidden: [8]}\nmethods: {scratch: {}}\n")
+    path.write_text("name: t\ndata: {name: digits}\nstudent: {name: 'anydistill.models.classifiers:mlp', hidden: [8]}\nmethods: {scratch: {}}\n")
     recipe = load_recipe(str(path))
     assert recipe.student.target is models.mlp
-    assert recipe.resolved["student"] == {"name": "anydistill.zoo.models:mlp", "hidden": [8]}
+    assert recipe.resolved["student"] == {"name": "anydistill.models.classifiers:mlp", "hidden": [8]}

@@ -4,10 +4,10 @@ import pytest
 import torch
 from torch import nn
 
-from anydistill.classifier.kd import KD
+from anydistill.classifier.methods.kd import KD
 from anydistill.core.taps import capture_features, find_module
 from anydistill.core.teacher import Teacher, TeacherOutput
-from anydistill.zoo.models import mlp, small_cnn
+from anydistill.models.classifiers import mlp, small_cnn
 
 
 def _net(seed=0, dropout=0.0) -> nn.Module:

@@ -11,7 +11,7 @@ import torch
 from anydistill.cli import main
 from anydistill.dataset.evaluate import SynsetEvaluator
 from anydistill.dataset.synset import synthetic_set
-from anydistill.zoo.digits import DigitsData
+from anydistill.data.digits import DigitsData
 
 FAST = dict(epochs=3, num_models=2, net_width=8, random_subsets=2, full_data_epochs=2, dsa_strategy="none")
 

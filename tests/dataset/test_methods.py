@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 
 from anydistill.dataset.convnet import convnet
-from anydistill.dataset.dc import DC, official_loops
-from anydistill.dataset.dm import DM
-from anydistill.dataset.mtt import MTT
+from anydistill.dataset.methods.dc import DC, official_loops
+from anydistill.dataset.methods.dm import DM
+from anydistill.dataset.methods.mtt import MTT
 from anydistill.dataset.synset import synthetic_set
-from anydistill.zoo.digits import DigitsData
+from anydistill.data.digits import DigitsData
 
 WIDTH, DEPTH = 16, 3
 

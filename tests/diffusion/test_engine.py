@@ -12,14 +12,14 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from anydistill.core.teacher import Teacher
-from anydistill.diffusion.dmd2 import DMD2
+from anydistill.diffusion.methods.dmd2 import DMD2
 from anydistill.diffusion.evaluate import DiffusionEvaluator
-from anydistill.diffusion.progressive import ProgressiveDistillation
-from anydistill.diffusion.reflow import Reflow
-from anydistill.diffusion.train_teacher import DiffusionTeacherTraining
-from anydistill.zoo.diffusion_models import conv_flow_denoiser, mlp_flow_denoiser
-from anydistill.zoo.digits_generation import DigitsGenerationData
-from anydistill.zoo.toy2d_data import Toy2DConditionalData, Toy2DData
+from anydistill.diffusion.methods.progressive import ProgressiveDistillation
+from anydistill.diffusion.methods.reflow import Reflow
+from anydistill.diffusion.methods.train_teacher import DiffusionTeacherTraining
+from anydistill.models.flow_denoisers import conv_flow_denoiser, mlp_flow_denoiser
+from anydistill.data.digits_generation import DigitsGenerationData
+from anydistill.data.toy2d import Toy2DConditionalData, Toy2DData
 
 
 def tiny(seed: int = 0, num_classes: int = 0):
@@ -45,7 +45,7 @@ def test_toy2d_splits_are_fixed_and_distinct() -> None:
 
 
 def test_digits_generation_is_scaled_to_plus_minus_one_on_the_classifier_split() -> None:
-    from anydistill.zoo.digits import DigitsData
+    from anydistill.data.digits import DigitsData
 
     data = DigitsGenerationData()
     x, y = data.split("test")
@@ -138,7 +138,7 @@ def test_resume_gives_the_uninterrupted_weights(name: str, tmp_path) -> None:
 
 def test_diffusers_unet_path() -> None:
     pytest.importorskip("diffusers")
-    from anydistill.zoo.diffusion_models import diffusers_unet_denoiser
+    from anydistill.models.flow_denoisers import diffusers_unet_denoiser
 
     torch.manual_seed(0)
     teacher = diffusers_unet_denoiser((1, 8, 8), 10, block_out_channels=[8, 16], norm_num_groups=4)

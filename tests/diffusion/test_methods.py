@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from anydistill.core.teacher import Teacher
-from anydistill.diffusion.consistency import ConsistencyDistillation
-from anydistill.diffusion.dmd import DMD
-from anydistill.diffusion.dmd2 import DMD2
-from anydistill.diffusion.progressive import ProgressiveDistillation
-from anydistill.diffusion.reflow import Reflow
-from anydistill.diffusion.train_teacher import DiffusionTeacherTraining
-from anydistill.zoo.diffusion_models import mlp_flow_denoiser
+from anydistill.diffusion.methods.consistency import ConsistencyDistillation
+from anydistill.diffusion.methods.dmd import DMD
+from anydistill.diffusion.methods.dmd2 import DMD2
+from anydistill.diffusion.methods.progressive import ProgressiveDistillation
+from anydistill.diffusion.methods.reflow import Reflow
+from anydistill.diffusion.methods.train_teacher import DiffusionTeacherTraining
+from anydistill.models.flow_denoisers import mlp_flow_denoiser
 
 
 def denoiser(seed: int, num_classes: int = 0):
@@ -183,7 +183,7 @@ def test_dmd2_backward_simulation_runs_the_generator_itself() -> None:
 def test_dmd2_two_time_scale_updates_the_generator_every_fifth_iteration(tmp_path) -> None:
     import lightning as L
 
-    from anydistill.zoo.toy2d_data import Toy2DData
+    from anydistill.data.toy2d import Toy2DData
 
     method = DMD2(denoiser(1, 0), Teacher(denoiser(0)), update_ratio=5)
     data = Toy2DData(num_train=160, num_val=16, num_test=16, batch_size=16)

@@ -14,8 +14,8 @@ from torch import nn
 
 from anydistill.diffusion.schedules import EDM, PREDICTION_KINDS, RectifiedFlow, TrigFlow, VPCosine
 from anydistill.diffusion.teacher import DiffusionTeacher, denoiser_loss, network_output
-from anydistill.zoo.denoisers import mlp_denoiser
-from anydistill.zoo.toy2d import eight_gaussians
+from anydistill.models.denoisers import mlp_denoiser
+from anydistill.data.toy2d_distributions import eight_gaussians
 
 SCHEDULES = [VPCosine(), EDM(), RectifiedFlow(), TrigFlow(sigma_d=0.5)]
 IDS = [type(s).__name__ for s in SCHEDULES]

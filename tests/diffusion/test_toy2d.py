@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from anydistill.zoo import toy2d
-from anydistill.zoo.toy2d import TOY2D, class_conditional_mixture, in_checkerboard, mode_std, modes
+from anydistill.data import toy2d_distributions as toy2d
+from anydistill.data.toy2d_distributions import TOY2D, class_conditional_mixture, in_checkerboard, mode_std, modes
 
 N = 4000
 

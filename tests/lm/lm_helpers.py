@@ -8,8 +8,8 @@ import lightning as L
 import torch
 
 from anydistill.core.teacher import Teacher
-from anydistill.zoo.causal_lm import gpt2_lm
-from anydistill.zoo.shakespeare import ShakespeareData
+from anydistill.models.causal_lm import gpt2_lm
+from anydistill.data.shakespeare import ShakespeareData
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

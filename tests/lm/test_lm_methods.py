@@ -9,10 +9,10 @@ import torch
 from safetensors.torch import load_file
 
 from anydistill.core.recipe import OptimizerSpec
-from anydistill.lm.gkd import GKD
-from anydistill.lm.kd import LMKD
-from anydistill.lm.seq_kd import SeqKD
-from anydistill.lm.sft import LMSFT
+from anydistill.lm.methods.gkd import GKD
+from anydistill.lm.methods.kd import LMKD
+from anydistill.lm.methods.seq_kd import SeqKD
+from anydistill.lm.methods.sft import LMSFT
 from lm.lm_helpers import fit, state, tiny_data, tiny_lm, tiny_teacher
 
 # Plain SGD: Adam's first step is nearly sign(g) * lr, which would hide a wrongly scaled gradient.

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from anydistill.zoo.lm_tokenizers import EOS_ID, PAD_ID, bpe_tokenizer, char_tokenizer, encode
-from anydistill.zoo.shakespeare import ShakespeareData, texts_by_split
+from anydistill.data.tokenizers import EOS_ID, PAD_ID, bpe_tokenizer, char_tokenizer, encode
+from anydistill.data.shakespeare import ShakespeareData, texts_by_split
 
 
 def test_splits_are_whole_plays_disjoint_and_fixed() -> None:

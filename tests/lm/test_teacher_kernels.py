@@ -6,7 +6,7 @@ import torch
 from transformers.activations import GELUTanh, NewGELUActivation
 
 from anydistill.lm.common import teacher_logits
-from anydistill.lm.gkd import GKD
+from anydistill.lm.methods.gkd import GKD
 from anydistill.lm.teacher_kernels import fuse_teacher_activations
 
 from lm.lm_helpers import fit, tiny_data, tiny_lm, tiny_teacher

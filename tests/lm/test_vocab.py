@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from anydistill.zoo.causal_lm import gpt2_lm, llama_lm
-from anydistill.zoo.lm_tokenizers import char_tokenizer
+from anydistill.models.causal_lm import gpt2_lm, llama_lm
+from anydistill.data.tokenizers import char_tokenizer
 
 TOKENIZER = char_tokenizer("abcdefghij \n")  # 2 specials + 12 characters = 14 ids
 
@@ -60,7 +60,7 @@ def test_special_ids_of_another_tokenizer_are_refused() -> None:
 
 def test_a_recipe_with_a_too_small_vocabulary_fails_when_the_method_starts(tmp_path) -> None:
     from anydistill.core.errors import RecipeError
-    from anydistill.lm.sft import LMSFT
+    from anydistill.lm.methods.sft import LMSFT
     from lm.lm_helpers import fit, tiny_data, tiny_lm
 
     method = LMSFT(tiny_lm(0, vocab=40))

@@ -1,14 +1,16 @@
 """Registries keyed by name, with a dotted import path as the escape hatch.
 
-Built-in entries are declared as ``"module:attribute"`` strings in one table (see
-`anydistill.catalog`), so the registry is complete whatever was imported before; user code adds
-entries with `Registry.register`, or names any object by its import path in a recipe.
+Built-in entries are declared as ``"module:attribute"`` strings in one table per family (see
+`anydistill.registries`), so the registry is complete whatever was imported before; installed
+packages add entries through an entry-point group; user code adds entries with
+`Registry.register`, or names any object by its import path in a recipe.
 """
 
 from __future__ import annotations
 
 import difflib
 import importlib
+import importlib.metadata
 from typing import Any, Callable
 
 
@@ -35,12 +37,32 @@ class Registry:
     Args:
         kind: what the entries are, used in error messages ("method", "model", ...).
         builtins: name -> ``"module:attr"`` of the entries shipped with anydistill; imported lazily.
+        entry_points: the entry-point group through which installed packages add entries
+            (``anydistill.methods``...); read on first use, imported only when a name is used.
     """
 
-    def __init__(self, kind: str, builtins: dict[str, str] | None = None):
+    def __init__(self, kind: str, builtins: dict[str, str] | None = None, entry_points: str | None = None):
         self.kind = kind
         self._paths: dict[str, str] = dict(builtins or {})
         self._objects: dict[str, Any] = {}
+        self._group = entry_points
+        self._plugins: dict[str, importlib.metadata.EntryPoint] | None = None
+
+    def plugins(self) -> dict[str, importlib.metadata.EntryPoint]:
+        """Entries added by installed packages (name -> entry point); a built-in name wins."""
+        if self._plugins is None:
+            found = importlib.metadata.entry_points(group=self._group) if self._group else ()
+            self._plugins = {ep.name: ep for ep in found if ep.name not in self._paths}
+        return self._plugins
+
+    def plugin_package(self, name: str) -> str | None:
+        """The distribution that registers ``name`` through an entry point, if any."""
+        entry = self.plugins().get(name)
+        return getattr(entry.dist, "name", None) if entry is not None else None
+
+    def builtin(self, name: str) -> bool:
+        """Whether ``name`` is shipped with anydistill (not a plugin's or a user's entry)."""
+        return name in self._paths
 
     def register(self, name: str) -> Callable[[Any], Any]:
         """Decorator registering a user-defined entry under ``name``."""
@@ -55,10 +77,10 @@ class Registry:
 
     def names(self) -> list[str]:
         """All registered names, sorted."""
-        return sorted({*self._paths, *self._objects})
+        return sorted({*self._paths, *self._objects, *self.plugins()})
 
     def __contains__(self, name: str) -> bool:
-        return name in self._paths or name in self._objects
+        return name in self._paths or name in self._objects or name in self.plugins()
 
     def get(self, name: str) -> Any:
         """The entry registered as ``name``, or the object at import path ``name``.
@@ -70,6 +92,18 @@ class Registry:
             return self._objects[name]
         if name in self._paths:
             self._objects[name] = import_object(self._paths[name])
+            return self._objects[name]
+        if name in self.plugins():
+            entry = self.plugins()[name]
+            try:
+                self._objects[name] = entry.load()
+            except Exception as error:  # noqa: BLE001 - whatever the plugin raises on import, name the package
+                package = self.plugin_package(name) or "its package"
+                raise LookupError(
+                    f"the {self.kind} '{name}' comes from the installed package '{package}', whose entry point "
+                    f"'{entry.value}' fails to import ({type(error).__name__}: {error}); reinstall or fix '{package}', "
+                    f"or uninstall it."
+                ) from None
             return self._objects[name]
         if "." in name or ":" in name:
             return import_object(name)

@@ -154,7 +154,7 @@ class TensorRows(torch.utils.data.Dataset):
 
 def rows_loader(rows: TensorRows, batch_size: int, seed: int, trainer) -> torch.utils.data.DataLoader:
     """A loader over ``rows`` shuffled by (seed, epoch) and sharded by rank, as the zoo's data modules are."""
-    from anydistill.zoo.tensor_data import EpochShuffleSampler
+    from anydistill.data.tensor_data import EpochShuffleSampler
 
     rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
     sampler = EpochShuffleSampler(len(rows), seed, True, rank, world)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from anydistill.zoo.models import SmallCNN
+from anydistill.models.classifiers import SmallCNN
 
 _CACHE: dict[str, tuple[nn.Module, float]] = {}
 

@@ -85,7 +85,7 @@ class DiffusionEvaluator(Evaluator):
         self.x_test, self.y_test = data.split("test")
         self.is_points = self.x_test.ndim == 2
         name = getattr(data, "name", None)
-        from anydistill.zoo import toy2d
+        from anydistill.data import toy2d_distributions as toy2d
 
         self.modes = toy2d.modes(name) if self.is_points and name in toy2d._MIXTURES else None
         self.mode_std = toy2d.mode_std(name) if self.modes is not None else None

@@ -1,6 +1,6 @@
 """Drawing samples from any model a diffusion method trains, as its ``sampling`` spec says.
 
-A method writes on its student (a `anydistill.zoo.diffusion_models.Denoiser`) how it is sampled:
+A method writes on its student (a `anydistill.models.flow_denoisers.Denoiser`) how it is sampled:
 
 ====================  ================================================================  ============
 ``sampler``           what one draw with ``num_steps`` does                              NFE

@@ -228,7 +228,7 @@ def mode_coverage(
 
     Args:
         x: ``[N, D]`` samples.
-        modes: ``[K, D]`` mode centres (``anydistill.zoo.toy2d.modes(name)``).
+        modes: ``[K, D]`` mode centres (``anydistill.data.toy2d_distributions.modes(name)``).
         std: :math:`\sigma > 0`, the per-axis std of each component (``mode_std(name)``).
         k: the radius in stds, > 0 (3 in the literature).
         min_count: high-quality samples a mode needs to count as covered, >= 1.

@@ -11,7 +11,7 @@ optimizer or DDP wrapper. The network is put in eval mode with ``requires_grad_(
 in eval mode if anyone calls ``train()`` on it, and run under ``torch.no_grad()``.
 
 **Preconditioning.** With ``preconditioning="none"`` the network sees ``(x_t, t, cond)``: the
-schedule's own time is its time input (see `anydistill.zoo.denoisers` for the ranges that suit a
+schedule's own time is its time input (see `anydistill.models.denoisers` for the ranges that suit a
 sinusoidal embedding). With ``preconditioning="edm"`` (only for the `EDM` schedule) the network is
 EDM's ``F`` (Karras et al. 2022, Table 1) and the wrapper's native output is the denoiser
 
@@ -92,7 +92,7 @@ class DiffusionTeacher:
         preconditioning: ``"none"`` or ``"edm"`` (EDM's c_skip/c_out/c_in/c_noise; `EDM` only).
         null_class: the label meaning "unconditional", used to batch the two branches of
             guidance into one forward; default ``model.null_class`` when the model has one (as
-            the `anydistill.zoo.denoisers` nets do). Without one, the unconditional branch is a
+            the `anydistill.models.denoisers` nets do). Without one, the unconditional branch is a
             second forward with ``cond=None``.
         name: how reports and cache manifests name it.
         spec: how the model was built, part of the `fingerprint`.

@@ -19,7 +19,7 @@ from anydistill.core.teacher import Teacher
 from anydistill.lm.common import causal_logits, generate
 from anydistill.lm.token_losses import token_ce_loss, token_distill_loss
 from anydistill.lm.vocab import check_vocab
-from anydistill.zoo.lm_tokenizers import encode
+from anydistill.data.tokenizers import encode
 
 
 @torch.no_grad()

@@ -83,7 +83,7 @@ class LMKD(DistillationMethod):
         self.vocab = prepare(self)
         if self.topk is not None and self.signals is None:
             from anydistill.lm.topk_cache import open_or_build_topk_cache
-            from anydistill.zoo.lm_tokenizers import tokenizer_fingerprint
+            from anydistill.data.tokenizers import tokenizer_fingerprint
 
             data = self.trainer.datamodule
             self.signals, directory, built = open_or_build_topk_cache(

@@ -1,11 +1,11 @@
-"""Shapes, conditioning and sizes of the toy denoiser networks in `anydistill.zoo.denoisers`."""
+"""Shapes, conditioning and sizes of the toy denoiser networks in `anydistill.models.denoisers`."""
 
 import math
 
 import pytest
 import torch
 
-from anydistill.zoo.denoisers import SinusoidalTimeEmbedding, conv_denoiser, mlp_denoiser
+from anydistill.models.denoisers import SinusoidalTimeEmbedding, conv_denoiser, mlp_denoiser
 
 
 def _n_params(model) -> int:

@@ -9,7 +9,7 @@ import pickle
 import torch
 
 from anydistill.core.errors import MissingPackageError
-from anydistill.zoo.tensor_data import TensorClassificationData
+from anydistill.data.tensor_data import TensorClassificationData
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 

@@ -3,7 +3,7 @@
 Both are ``transformers.PreTrainedTokenizerFast`` objects (so ``save_pretrained`` /
 ``AutoTokenizer.from_pretrained`` round-trip them) with the same special-token layout:
 id 0 is ``<pad>``, id 1 is ``<eos>`` (also used as ``<bos>``). The model builders of
-:mod:`anydistill.zoo.causal_lm` put the same ids in the model config, and
+:mod:`anydistill.models.causal_lm` put the same ids in the model config, and
 :func:`anydistill.lm.vocab.check_vocab` checks that they agree.
 """
 

@@ -6,7 +6,7 @@ Input and output embeddings are *not* tied: an export's ``model.safetensors`` th
 entry of the ``state_dict``, which the engine reloads strictly (a trained teacher on resume,
 ``teacher.checkpoint``); tying would drop ``lm_head.weight`` from the file.
 
-Special ids follow :mod:`anydistill.zoo.lm_tokenizers`: ``pad = 0``, ``bos = eos = 1``.
+Special ids follow :mod:`anydistill.data.tokenizers`: ``pad = 0``, ``bos = eos = 1``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from anydistill.core.recipe import NonNegativeFloat, PositiveInt
-from anydistill.zoo.lm_tokenizers import EOS_ID, PAD_ID
+from anydistill.data.tokenizers import EOS_ID, PAD_ID
 
 
 def _heads_problem(builder: str, width: int, heads: int) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from anydistill.zoo.tensor_data import TensorClassificationData
+from anydistill.data.tensor_data import TensorClassificationData
 
 
 class DigitsData(TensorClassificationData):

@@ -1,6 +1,6 @@
 """Two-dimensional toy point clouds as data modules, for diffusion and flow distillation.
 
-The points come from `anydistill.zoo.toy2d`; every split is drawn once from its own generator
+The points come from `anydistill.data.toy2d_distributions`; every split is drawn once from its own generator
 (seeded by ``data_seed`` and the split's name), so the train, validation and test samples are the
 same in every run, whatever the run's seed. Batches are the zoo's usual dicts ``{"x" [B, 2],
 "y" [B], "index" [B]}``: ``y`` is the class of the class-conditional mixture (`Toy2DConditionalData`)
@@ -14,8 +14,8 @@ from typing import Literal
 import torch
 
 from anydistill.core.recipe import PositiveInt
-from anydistill.zoo.tensor_data import TensorClassificationData
-from anydistill.zoo.toy2d import CLASS_MIXTURE_NUM_CLASSES, TOY2D, class_conditional_mixture
+from anydistill.data.tensor_data import TensorClassificationData
+from anydistill.data.toy2d_distributions import CLASS_MIXTURE_NUM_CLASSES, TOY2D, class_conditional_mixture
 
 Distribution = Literal["eight_gaussians", "twenty_five_gaussians", "checkerboard", "two_moons", "swiss_roll"]
 
@@ -24,7 +24,7 @@ _SPLIT_OFFSETS = {"train": 0, "val": 1, "test": 2}
 
 
 class Toy2DData(TensorClassificationData):
-    """One unconditional 2-D distribution, chosen by name (``anydistill.zoo.toy2d.TOY2D``).
+    """One unconditional 2-D distribution, chosen by name (``anydistill.data.toy2d_distributions.TOY2D``).
 
     Args:
         distribution: ``eight_gaussians``, ``twenty_five_gaussians``, ``checkerboard``,
@@ -87,7 +87,7 @@ class Toy2DData(TensorClassificationData):
 
 
 class Toy2DConditionalData(Toy2DData):
-    """The class-conditional mixture of `anydistill.zoo.toy2d.class_conditional_mixture`: 8 Gaussians
+    """The class-conditional mixture of `anydistill.data.toy2d_distributions.class_conditional_mixture`: 8 Gaussians
     on a ring, one per class, with their labels (for classifier-free guidance).
 
     Args: as `Toy2DData`, without ``distribution``.

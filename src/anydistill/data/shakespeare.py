@@ -14,8 +14,8 @@ from torch.utils.data import DataLoader
 
 from anydistill.core.cache import tensor_fingerprint
 from anydistill.core.recipe import NonNegativeInt, PositiveInt
-from anydistill.zoo.lm_tokenizers import EOS_ID, bpe_tokenizer, char_tokenizer, encode, tokenizer_fingerprint
-from anydistill.zoo.tensor_data import EpochShuffleSampler
+from anydistill.data.tokenizers import EOS_ID, bpe_tokenizer, char_tokenizer, encode, tokenizer_fingerprint
+from anydistill.data.tensor_data import EpochShuffleSampler
 
 # 42 modern-spelling texts; a fixed permutation (seed 0, independent of the run's seed) assigns them.
 NUM_VAL_TEXTS, NUM_TEST_TEXTS = 4, 4

@@ -40,7 +40,7 @@ from anydistill.diffusion.distribution_matching import (
     one_step_input,
     trainable_copy,
 )
-from anydistill.diffusion.reflow import draw_pair_inputs
+from anydistill.diffusion.methods.reflow import draw_pair_inputs
 from anydistill.diffusion.targets import pseudo_huber
 
 

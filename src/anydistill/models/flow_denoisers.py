@@ -14,7 +14,7 @@ from typing import Literal
 
 from torch import Tensor, nn
 
-from anydistill.zoo.denoisers import conv_denoiser, mlp_denoiser
+from anydistill.models.denoisers import conv_denoiser, mlp_denoiser
 
 ScheduleName = Literal["rectified-flow", "vp-cosine", "edm", "trigflow"]
 PredictionName = Literal["x0", "eps", "v", "velocity"]
@@ -85,7 +85,7 @@ def conv_flow_denoiser(
     width: int = 32,
     time_embedding: int = 64,
 ) -> Denoiser:
-    """A small two-resolution conv UNet `Denoiser` (`anydistill.zoo.denoisers.ConvDenoiser`) for
+    """A small two-resolution conv UNet `Denoiser` (`anydistill.models.denoisers.ConvDenoiser`) for
     ``[C, H, H]`` images (8x8 digits), class-conditional with a null class when ``conditional``."""
     channels, size = input_shape[0], input_shape[-1]
     net = conv_denoiser(channels, size, width=width, num_classes=num_classes if conditional else 0, time_embedding=time_embedding)

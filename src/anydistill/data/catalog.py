@@ -1,0 +1,13 @@
+"""The data modules shipped with anydistill, by the name a recipe's ``data.name`` gives.
+
+Shipped sources first, then the generic modules that read users' own files (see docs/data.md).
+"""
+
+DATA = {
+    "digits": "anydistill.data.digits:DigitsData",
+    "mnist": "anydistill.data.mnist:MNISTData",
+    "toy2d": "anydistill.data.toy2d:Toy2DData",
+    "toy2d-conditional": "anydistill.data.toy2d:Toy2DConditionalData",
+    "digits-generation": "anydistill.data.digits_generation:DigitsGenerationData",
+    "shakespeare": "anydistill.data.shakespeare:ShakespeareData",
+}

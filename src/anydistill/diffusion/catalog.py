@@ -1,0 +1,12 @@
+"""The diffusion family's built-ins by name: its methods (``methods/``, one file each) and its
+evaluator. Adding a method adds one line here."""
+
+METHODS = {
+    "diffusion-teacher": "anydistill.diffusion.methods.train_teacher:DiffusionTeacherTraining",
+    "progressive": "anydistill.diffusion.methods.progressive:ProgressiveDistillation",
+    "consistency": "anydistill.diffusion.methods.consistency:ConsistencyDistillation",
+    "reflow": "anydistill.diffusion.methods.reflow:Reflow",
+    "dmd": "anydistill.diffusion.methods.dmd:DMD",
+    "dmd2": "anydistill.diffusion.methods.dmd2:DMD2",
+}
+EVALUATOR = "anydistill.diffusion.evaluate:DiffusionEvaluator"

@@ -1,0 +1,1 @@
+"""The lm family's methods, one file each; the family's table (`catalog.py`) names them."""

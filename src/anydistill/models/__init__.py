@@ -1,0 +1,1 @@
+"""Model builders, named after what they return, and loaders of local checkpoints."""

@@ -1,0 +1,15 @@
+"""The model builders shipped with anydistill, by the name a recipe's ``student.name`` or
+``teacher.name`` gives. A builder takes the data's ``input_shape`` and ``num_classes`` and its own
+typed keyword arguments, and returns an ``nn.Module``."""
+
+MODELS = {
+    "mlp": "anydistill.models.classifiers:mlp",
+    "synthetic-set": "anydistill.dataset.synset:synthetic_set",
+    "small-cnn": "anydistill.models.classifiers:small_cnn",
+    "ccexam-mnistnet": "anydistill.models.ccexam:ccexam_mnistnet",
+    "mlp-denoiser": "anydistill.models.flow_denoisers:mlp_flow_denoiser",
+    "conv-denoiser": "anydistill.models.flow_denoisers:conv_flow_denoiser",
+    "diffusers-unet": "anydistill.models.flow_denoisers:diffusers_unet_denoiser",
+    "gpt2-lm": "anydistill.models.causal_lm:gpt2_lm",
+    "llama-lm": "anydistill.models.causal_lm:llama_lm",
+}
