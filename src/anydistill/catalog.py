@@ -132,6 +132,7 @@ def _check_method(
     except (ValueError, TypeError) as error:
         problems.append(f"methods.{label}: {error}")
         return
+    component.kwargs.update(method.resolved_params())  # saved in config.yaml: a rerun needs no table lookup
     if target.data_problems is not DistillationMethod.data_problems:
         try:
             data = datamodule()
@@ -160,8 +161,11 @@ def _check_trainer(spec: TrainerSpec, problems: list[str]) -> None:
     """Let Lightning refuse what it cannot run here (a missing GPU, an uninstalled strategy)."""
     import lightning as L
 
-    if spec.tensorboard and not any(importlib.util.find_spec(m) for m in ("tensorboard", "tensorboardX")):
-        problems.append(f"trainer.tensorboard: {MissingPackageError('tensorboard', 'tensorboard', 'trainer.tensorboard: true')}")
+    if spec.logger == "tensorboard" and not any(importlib.util.find_spec(m) for m in ("tensorboard", "tensorboardX")):
+        problems.append(f"trainer.logger: {MissingPackageError('tensorboard', 'tensorboard', 'trainer.logger: tensorboard')}")
+    if spec.logger == "mlflow" and importlib.util.find_spec("mlflow") is None:
+        problems.append("trainer.logger: 'mlflow' needs the MLflow client, which is not installed. "
+                        "Install it with: pip install 'anydistill[mlflow]' (or mlflow-skinny).")
     try:
         L.Trainer(**spec.hardware(), logger=False, enable_checkpointing=False, enable_progress_bar=False)
     except Exception as error:  # Lightning raises several types; each is a recipe problem here
@@ -297,13 +301,14 @@ def load_recipe(path_or_name: str, overrides: list[str] = ()) -> Recipe:
     if problems or parsed is None or evaluation is None:
         raise RecipeError([f"{source}: {p}" for p in problems])
     resolved = parsed.model_dump(mode="json")
-    resolved["data"] = {"name": data.name, **data.kwargs}
+    # Names registered from Python are saved as import paths, so `anydistill validate config.yaml` works.
+    resolved["data"] = {"name": DATA.saved_name(data.name), **data.kwargs}
     if student is not None:
-        resolved["student"] = {"name": student.name, **student.kwargs}
+        resolved["student"] = {"name": MODELS.saved_name(student.name), **student.kwargs}
     if teacher is not None:
-        resolved["teacher"] = {"name": teacher.name, **teacher.kwargs, **({"checkpoint": checkpoint} if checkpoint else {})}
+        resolved["teacher"] = {"name": MODELS.saved_name(teacher.name), **teacher.kwargs, **({"checkpoint": checkpoint} if checkpoint else {})}
     resolved["evaluation"] = dict(evaluation.kwargs)
-    resolved["methods"] = {label: {"name": c.name, **c.kwargs, **({"max_epochs": c.max_epochs} if c.max_epochs else {}),
+    resolved["methods"] = {label: {"name": METHODS.saved_name(c.name), **c.kwargs, **({"max_epochs": c.max_epochs} if c.max_epochs else {}),
                                    **({"optimizer": c.optimizer.model_dump(mode="json")} if c.optimizer else {})}
                            for label, c in methods.items()}
     return Recipe(

@@ -39,8 +39,9 @@ def is_main_process() -> bool:
     return rank_zero_only.rank == 0
 
 
-def run_info(recipe: Recipe) -> dict[str, Any]:
-    """Versions, seed and command saved beside the outputs (run.json)."""
+def run_info(recipe: Recipe, command: str | None = None) -> dict[str, Any]:
+    """Versions, seed and how the run was started (run.json): the CLI passes its command line;
+    a run started from Python records the script and the call."""
     import numpy
 
     return {
@@ -53,7 +54,7 @@ def run_info(recipe: Recipe) -> dict[str, Any]:
             "platform": platform.platform(),
         },
         "seed": recipe.seed,
-        "command": " ".join(["anydistill", *sys.argv[1:]]),
+        "command": command or f"python {' '.join(sys.argv) or '-'}  (anydistill.runner.run_recipe, Python API)",
         "recipe": recipe.source,
         "world_size": recipe.trainer.devices * recipe.trainer.num_nodes,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -77,8 +78,14 @@ def make_trainer(recipe: Recipe, run_dir: RunDir, label: str) -> L.Trainer:
     checkpoints = ModelCheckpoint(dirpath=run_dir.checkpoint_dir(label), filename="{epoch}", save_last=True,
                                   save_top_k=1, every_n_epochs=1, save_on_train_epoch_end=True)
     loggers: list[Logger] = [CSVLogger(run_dir.path / "logs", name=label, version="")]
-    if spec.tensorboard:  # load_recipe checked that a TensorBoard writer is installed
+    if spec.logger == "tensorboard":  # load_recipe checked that a TensorBoard writer is installed
         loggers.append(TensorBoardLogger(run_dir.path / "logs", name=label, version="tensorboard"))
+    elif spec.logger == "mlflow":  # a local SQLite store (MLflow's file store is deprecated): nothing leaves the machine
+        from lightning.pytorch.loggers import MLFlowLogger
+
+        loggers.append(MLFlowLogger(experiment_name=run_dir.path.name, run_name=label,
+                                    tracking_uri=f"sqlite:///{(run_dir.path / 'mlflow.db').resolve()}",
+                                    artifact_location=(run_dir.path / "mlflow-artifacts").resolve().as_uri()))
     return L.Trainer(
         **spec.hardware(),
         max_epochs=recipe.methods[label].max_epochs or spec.max_epochs,
@@ -98,8 +105,10 @@ def make_trainer(recipe: Recipe, run_dir: RunDir, label: str) -> L.Trainer:
     )
 
 
-def run_recipe(recipe: Recipe, run_dir: RunDir, *, resume: bool = False) -> dict[str, dict[str, Any]]:
+def run_recipe(recipe: Recipe, run_dir: RunDir, *, resume: bool = False, command: str | None = None) -> dict[str, dict[str, Any]]:
     """Train and evaluate every method of ``recipe``; returns and writes ``metrics.json``.
+
+    ``command`` is how the run was started, saved in run.json (the CLI passes its command line).
 
     With ``resume``, models already in metrics.json are skipped and an interrupted method continues
     from its last epoch-end checkpoint.
@@ -107,7 +116,7 @@ def run_recipe(recipe: Recipe, run_dir: RunDir, *, resume: bool = False) -> dict
     main = is_main_process()
     if main and not resume:
         run_dir.write_config(recipe.resolved)
-        run_dir.write_json("run.json", run_info(recipe))
+        run_dir.write_json("run.json", run_info(recipe, command))
     L.seed_everything(recipe.seed, verbose=False)  # a teacher built here (no checkpoint) is seeded too
     datamodule = recipe.data.target(**recipe.data.kwargs)
     datamodule.setup()
@@ -128,7 +137,8 @@ def run_recipe(recipe: Recipe, run_dir: RunDir, *, resume: bool = False) -> dict
 
     signals: dict[str, torch.Tensor] | None = None
     for label, component in recipe.methods.items():
-        if label in metrics:
+        # A teacher trained in the run is one row, "teacher", whatever its method's label.
+        if ("teacher" if component.target.trains == "teacher" else label) in metrics:
             if component.target.trains == "teacher":  # resumed after the teacher was trained
                 teacher = build_trained_teacher(recipe, run_dir, label)
             continue
@@ -169,10 +179,9 @@ def run_recipe(recipe: Recipe, run_dir: RunDir, *, resume: bool = False) -> dict
             evaluator.export(method.student, spec, run_dir.checkpoint_dir(label), component.name)
             role = "teacher" if trains_teacher else ("baseline" if component.target.baseline else "student")
             row = evaluator.evaluate(method.student, teacher, component.name)
-            metrics[label] = {**row, **method.summary(), "method": component.name, "role": role, "train_time_s": round(train_time, 2),
-                              "world_size": trainer.world_size}
-            if trains_teacher:
-                metrics["teacher"] = metrics[label]
+            metrics["teacher" if trains_teacher else label] = {
+                **row, **method.summary(), "method": component.name, "role": role, "train_time_s": round(train_time, 2),
+                "world_size": trainer.world_size, **({"label": label} if trains_teacher and label != "teacher" else {})}
             run_dir.write_json("metrics.json", metrics)
     if main:
         evaluator.summarise(metrics)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from anydistill.catalog import load_recipe
@@ -22,10 +24,22 @@ def test_shipped_recipe_validates() -> None:
     assert recipe.evaluation.name == "dataset" and recipe.resolved["evaluation"]["epochs"] == 300
 
 
-def test_loops_without_official_values_are_refused() -> None:
-    assert "outer_loop and inner_loop" in problems("student.ipc=3")
-    load_recipe(RECIPE, ["student.ipc=3", "methods.dc.outer_loop=3", "methods.dc.inner_loop=5",
-                         "methods.dsa.outer_loop=3", "methods.dsa.inner_loop=5"])
+def test_loops_outside_the_official_table_take_the_nearest_and_are_recorded() -> None:
+    logged: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: logged.append(record.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger("anydistill.dataset.methods.dc")
+    logger.addHandler(handler)
+    try:
+        recipe = load_recipe(RECIPE, ["student.ipc=3"])
+    finally:
+        logger.removeHandler(handler)
+    assert any("no entry for ipc=3; using those of ipc=1" in line for line in logged), logged
+    assert recipe.resolved["methods"]["dc"]["outer_loop"] == 1 and recipe.resolved["methods"]["dc"]["inner_loop"] == 1
+    recipe = load_recipe(RECIPE, ["student.ipc=16"])  # nearest: 20 -> (20, 25)
+    assert (recipe.resolved["methods"]["dsa"]["outer_loop"], recipe.resolved["methods"]["dsa"]["inner_loop"]) == (20, 25)
+    recipe = load_recipe(RECIPE, ["student.ipc=3", "methods.dc.outer_loop=3", "methods.dc.inner_loop=5"])
+    assert (recipe.resolved["methods"]["dc"]["outer_loop"], recipe.resolved["methods"]["dc"]["inner_loop"]) == (3, 5)
 
 
 def test_a_network_student_is_refused() -> None:

@@ -70,7 +70,7 @@ def test_dm_step_is_the_mean_embedding_distance(digits) -> None:
 
 def test_dc_step_is_the_layerwise_gradient_distance(digits) -> None:
     method = attached(DC(synthetic_set((1, 8, 8), 10, ipc=1, init="noise"), net_width=WIDTH, batch_real=16), digits)
-    assert (method.outer_loop, method.inner_loop) == official_loops(1) == (1, 1)
+    assert (method.outer_loop, method.inner_loop) == official_loops(1)[:2] == (1, 1)
 
     def distance(g_syn, g_real):  # sum over output rows of 1 - cos, biases skipped (DC's "ours")
         if g_syn.dim() == 1:

@@ -105,7 +105,7 @@ def test_non_finite_loss_stops_in_one_line(tmp_path) -> None:
 def test_trained_teacher_is_reused_from_its_checkpoint(tmp_path) -> None:
     (tmp_path / "tiny.yaml").write_text(TINY_RECIPE)
     first = anydistill("run", "digits/teacher", "--name", "t", "--set", "trainer.max_epochs=1",
-                       "--set", "trainer.tensorboard=true", cwd=tmp_path)
+                       "--set", "trainer.logger=tensorboard", cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-2000:]
     weights = tmp_path / "runs" / "t" / "checkpoints" / "teacher" / "model.safetensors"
     assert weights.is_file()

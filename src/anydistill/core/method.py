@@ -57,6 +57,11 @@ class DistillationMethod(L.LightningModule):
         """Facts about the finished training that belong in the method's metrics row (none by default)."""
         return {}
 
+    def resolved_params(self) -> dict[str, Any]:
+        """Parameters left unset in the recipe whose values the method derived (from a paper's
+        table, say); the recipe loader writes them into the run's config.yaml. None by default."""
+        return {}
+
     def teacher_taps(self) -> list[str]:
         """Module paths of the teacher whose outputs the method reads (validated against the model)."""
         return []

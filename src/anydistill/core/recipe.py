@@ -59,7 +59,9 @@ class TrainerSpec(_Section):
     log_every_n_steps: int = Field(default=50, ge=1)
     deterministic: bool = False
     progress_bar: bool = True
-    tensorboard: bool = False
+    # Lightning's CSV logger always writes logs/<label>/metrics.csv (the report reads it); a second
+    # logger may be added: TensorBoard event files, or a local MLflow file store under the run.
+    logger: Literal["csv", "tensorboard", "mlflow"] = "csv"
 
     def hardware(self) -> dict[str, Any]:
         """The `lightning.Trainer` arguments that say where and in what precision to run."""

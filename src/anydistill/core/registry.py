@@ -60,6 +60,21 @@ class Registry:
         entry = self.plugins().get(name)
         return getattr(entry.dist, "name", None) if entry is not None else None
 
+    def saved_name(self, name: str) -> str:
+        """How a run's config.yaml records ``name`` so that it loads again in a fresh process.
+
+        Built-in and plugin names stay as they are (a plugin's name re-validates wherever the plugin
+        is installed); an entry registered from Python with ``register`` exists only in the process
+        that registered it, so it is saved as its import path when it has one.
+        """
+        if name not in self._objects or name in self._paths or name in self.plugins():
+            return name
+        obj = self._objects[name]
+        module, qualname = getattr(obj, "__module__", None), getattr(obj, "__qualname__", "")
+        if not module or module == "__main__" or "<" in qualname:
+            return name  # defined in a script or a function: no import path a new process could follow
+        return f"{module}:{qualname}"
+
     def builtin(self, name: str) -> bool:
         """Whether ``name`` is shipped with anydistill (not a plugin's or a user's entry)."""
         return name in self._paths

@@ -17,6 +17,8 @@ The ConvNet uses instance norm, so the official batch-norm freezing step does no
 
 from __future__ import annotations
 
+import logging
+
 from typing import ClassVar
 
 import torch
@@ -28,18 +30,18 @@ from anydistill.dataset.matching import gradient_matching_distance
 from anydistill.dataset.method import DatasetDistillationMethod
 from anydistill.dataset.synset import SyntheticSet
 
+log = logging.getLogger(__name__)
+
 # The official get_loops: images per class -> (outer_loop, inner_loop).
 OFFICIAL_LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
 
 
-def official_loops(ipc: int) -> tuple[int, int]:
-    """``(outer_loop, inner_loop)`` of the official ``get_loops`` for ``ipc`` images per class."""
-    if ipc not in OFFICIAL_LOOPS:
-        raise ValueError(
-            f"The official code defines outer_loop/inner_loop only for ipc in {sorted(OFFICIAL_LOOPS)}; "
-            f"got ipc={ipc}: set outer_loop and inner_loop in the method's parameters."
-        )
-    return OFFICIAL_LOOPS[ipc]
+def official_loops(ipc: int) -> tuple[int, int, int]:
+    """``(outer_loop, inner_loop, table_ipc)`` of the official ``get_loops`` for ``ipc`` images per
+    class. The official table stops at a few values of ipc; any other ipc takes the loops of the
+    nearest one (the lower on a tie), ``table_ipc``, which the caller logs and records."""
+    table_ipc = min(OFFICIAL_LOOPS, key=lambda known: (abs(known - ipc), known))
+    return (*OFFICIAL_LOOPS[table_ipc], table_ipc)
 
 
 class DC(DatasetDistillationMethod):
@@ -72,14 +74,24 @@ class DC(DatasetDistillationMethod):
                          momentum_images=momentum_images, batch_real=batch_real,
                          dsa_strategy=self.default_strategy if dsa_strategy is None else dsa_strategy,
                          net_width=net_width, net_depth=net_depth)
+        self.derived_loops = {}
         if outer_loop is None or inner_loop is None:
-            default_outer, default_inner = official_loops(student.ipc)
+            default_outer, default_inner, table_ipc = official_loops(student.ipc)
+            if table_ipc != student.ipc:
+                log.warning("%s: the official get_loops has no entry for ipc=%d; using those of ipc=%d (outer_loop=%d, inner_loop=%d), "
+                            "recorded in the run's config.yaml.", type(self).__name__, student.ipc, table_ipc, default_outer, default_inner)
+            self.derived_loops = {"outer_loop": default_outer if outer_loop is None else outer_loop,
+                                  "inner_loop": default_inner if inner_loop is None else inner_loop}
             outer_loop = default_outer if outer_loop is None else outer_loop
             inner_loop = default_inner if inner_loop is None else inner_loop
         if outer_loop < 1 or inner_loop < 0:
             raise ValueError(f"outer_loop must be >= 1 and inner_loop >= 0, got {outer_loop} and {inner_loop}.")
         self.outer_loop, self.inner_loop = outer_loop, inner_loop
         self.lr_net, self.batch_train, self.metric = lr_net, batch_train, metric
+
+    def resolved_params(self) -> dict[str, int]:
+        """The loop counts taken from the official table, so the saved config states them."""
+        return dict(self.derived_loops)
 
     def matching_loss(self, net: torch.nn.Module, generator: torch.Generator) -> torch.Tensor:
         """``sum_c D(grad on synthetic c, grad on real c)`` for the current network."""
