@@ -14,15 +14,17 @@ import torch
 from torch import Tensor, nn
 
 from anydistill.core.teacher import Teacher
+from anydistill.diffusion.ddpm_schedule import DDPMSchedule
 from anydistill.diffusion.samplers import DDIMSampler, EulerSampler, HeunSampler, Sampler, sample
 from anydistill.diffusion.schedules import EDM, NoiseSchedule, RectifiedFlow, TrigFlow, VPCosine
 from anydistill.diffusion.teacher import DiffusionTeacher, network_output
 
-SCHEDULES: dict[str, Callable[[], NoiseSchedule]] = {
+SCHEDULES: dict[str, Callable[..., NoiseSchedule]] = {
     "rectified-flow": RectifiedFlow,
     "vp-cosine": VPCosine,
     "edm": EDM,
     "trigflow": TrigFlow,
+    "ddpm": DDPMSchedule,  # a DDPM-trained diffusers model's betas (diffusers-folder)
 }
 ODE_SAMPLERS = ("euler", "heun", "ddim")
 
@@ -37,9 +39,10 @@ def check_denoiser(model: object, owner: str) -> None:
 
 
 def schedule_of(model: nn.Module) -> NoiseSchedule:
-    """The `NoiseSchedule` a `Denoiser` was built for."""
+    """The `NoiseSchedule` a `Denoiser` was built for; ``schedule_options`` (set by builders whose
+    schedule has parameters, e.g. a diffusers folder's betas) are its constructor's arguments."""
     check_denoiser(model, "schedule_of")
-    return SCHEDULES[model.schedule]()
+    return SCHEDULES[model.schedule](**(getattr(model, "schedule_options", None) or {}))
 
 
 def diffusion_teacher(teacher: Teacher | DiffusionTeacher | nn.Module) -> DiffusionTeacher:

@@ -10,6 +10,7 @@ MODELS = {
     "mlp-denoiser": "anydistill.models.flow_denoisers:mlp_flow_denoiser",
     "conv-denoiser": "anydistill.models.flow_denoisers:conv_flow_denoiser",
     "diffusers-unet": "anydistill.models.flow_denoisers:diffusers_unet_denoiser",
+    "diffusers-folder": "anydistill.models.diffusers_folder:diffusers_folder",
     "gpt2-lm": "anydistill.models.causal_lm:gpt2_lm",
     "llama-lm": "anydistill.models.causal_lm:llama_lm",
 }
