@@ -10,4 +10,5 @@ DATA = {
     "toy2d-conditional": "anydistill.data.toy2d:Toy2DConditionalData",
     "digits-generation": "anydistill.data.digits_generation:DigitsGenerationData",
     "shakespeare": "anydistill.data.shakespeare:ShakespeareData",
+    "lm-dataset": "anydistill.data.lm_dataset:LMDataset",
 }

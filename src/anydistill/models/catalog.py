@@ -13,4 +13,5 @@ MODELS = {
     "diffusers-folder": "anydistill.models.diffusers_folder:diffusers_folder",
     "gpt2-lm": "anydistill.models.causal_lm:gpt2_lm",
     "llama-lm": "anydistill.models.causal_lm:llama_lm",
+    "hf-causal-lm": "anydistill.models.hf_causal_lm:hf_causal_lm",
 }
