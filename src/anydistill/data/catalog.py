@@ -9,6 +9,9 @@ DATA = {
     "toy2d": "anydistill.data.toy2d:Toy2DData",
     "toy2d-conditional": "anydistill.data.toy2d:Toy2DConditionalData",
     "digits-generation": "anydistill.data.digits_generation:DigitsGenerationData",
+    "image-folder-generation": "anydistill.data.generation_files:ImageFolderGenerationData",
+    "tensors-generation": "anydistill.data.generation_files:TensorGenerationData",
+    "points": "anydistill.data.generation_files:PointsData",
     "shakespeare": "anydistill.data.shakespeare:ShakespeareData",
     "lm-dataset": "anydistill.data.lm_dataset:LMDataset",
 }
