@@ -14,4 +14,10 @@ DATA = {
     "points": "anydistill.data.generation_files:PointsData",
     "shakespeare": "anydistill.data.shakespeare:ShakespeareData",
     "lm-dataset": "anydistill.data.lm_dataset:LMDataset",
+    "csv": "anydistill.data.tabular:CSVData",
+    "parquet": "anydistill.data.tabular:ParquetData",
+    "image-folder": "anydistill.data.image_folder:ImageFolderData",
+    "tensors": "anydistill.data.tensor_files:TensorFileData",
+    "hf-dataset": "anydistill.data.hf_dataset:HFDatasetData",
+    "text-classification": "anydistill.data.text_classification:TextClassificationData",
 }
