@@ -101,4 +101,12 @@ class ClassifierEvaluator(Evaluator):
         return {**evaluate_classifier(model, self.x_test, self.y_test, reference), "val_accuracy": val_accuracy}
 
     def export(self, model: nn.Module, spec: dict[str, Any], directory: Path, method: str) -> Path:
-        return export_model(model, spec, directory)
+        """``model.safetensors`` + ``model.json``; a wrapped Hugging Face classifier (one with
+        ``save_pretrained``, e.g. hf-sequence-classifier) is also saved in its ecosystem's format in
+        the same folder, so ``AutoModelFor...Classification.from_pretrained(directory)`` loads it (its
+        model.safetensors then holds the Hugging Face names, which the wrapper also loads)."""
+        path = export_model(model, spec, directory)
+        save_pretrained = getattr(model, "save_pretrained", None)
+        if callable(save_pretrained):
+            save_pretrained(directory)
+        return path
