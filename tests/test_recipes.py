@@ -13,8 +13,16 @@ def test_recipes_are_found_recursively() -> None:
     assert "mnist/demo" in names and "digits/all-methods" in names
 
 
+def needs_user_files(name: str) -> bool:
+    """Examples that point at the user's own files say so in their header (`# Needs your files: ...`);
+    each is validated with stand-in files by its family's end-to-end test instead."""
+    return any(line.startswith("# Needs your files:") for line in shipped_recipes()[name].read_text().splitlines()[:5])
+
+
 @pytest.mark.parametrize("name", sorted(shipped_recipes()))
 def test_shipped_recipe_validates(name: str) -> None:
+    if needs_user_files(name):
+        pytest.skip("points at the user's own files; validated with stand-ins by its family's end-to-end test")
     recipe = load_recipe(name)
     assert recipe.methods
     lines = shipped_recipes()[name].read_text().splitlines()

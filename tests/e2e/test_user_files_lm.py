@@ -156,3 +156,18 @@ def test_bad_input_is_one_error_line(case: str, tmp_path, teacher_folder, capsys
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
     assert not (tmp_path / "runs").exists(), "a refused recipe must write nothing"
+
+
+def test_shipped_example_validates_with_stand_in_files(tmp_path, teacher_folder) -> None:
+    """`recipes/examples/lm-local-folder.yaml` points at the user's files (tests/test_recipes.py skips
+    it for that reason): with the `--set` overrides its first line gives, it validates here."""
+    from anydistill.catalog import load_recipe, shipped_recipes
+
+    path = shipped_recipes()["examples/lm-local-folder"]
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# Run: anydistill run examples/lm-local-folder --set teacher.path=")
+    train = write_jsonl(tmp_path / "chats.jsonl", conversations(40))
+    overrides = [f"teacher.path={teacher_folder}", f"student.path={teacher_folder}", f"data.tokenizer={teacher_folder}",
+                 f"data.train={train}", "data.block_size=64"]
+    recipe = load_recipe("examples/lm-local-folder", overrides)
+    assert set(recipe.methods) == {"lm-sft", "lm-kd"} and recipe.student.kwargs["keep_layers"] == [0, 2]
