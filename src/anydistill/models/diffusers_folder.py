@@ -56,8 +56,13 @@ def model_folder(path: str, subfolder: str | None) -> Path:
         raise ValueError(f"diffusers-folder: no such folder '{folder}'. Point path (and subfolder) at the model's local folder "
                          "written by save_pretrained; nothing is downloaded.")
     if not (folder / "config.json").is_file():
-        hint = (" It is a pipeline folder: add `subfolder: unet` (or the model's folder name)."
-                if (folder / "model_index.json").is_file() else " Save the model there with model.save_pretrained(folder).")
+        models = sorted(p.name for p in folder.iterdir() if (p / "config.json").is_file())
+        if models:
+            hint = f" It is a pipeline folder: add `subfolder: {models[0]}` (its model folders: {', '.join(models)})."
+        elif (folder / "model_index.json").is_file():
+            hint = " It is a pipeline folder: add `subfolder: unet` (or the model's folder name)."
+        else:
+            hint = " Save the model there with model.save_pretrained(folder)."
         raise ValueError(f"diffusers-folder: '{folder}' has no config.json.{hint}")
     return folder
 
