@@ -117,6 +117,9 @@ def test_errors_name_the_fix(folder, tmp_path) -> None:
     assert "test_fraction" in fraction and "greater than 0" in fraction
     [missing] = check(folder, train=str(tmp_path / "nowhere.jsonl"))
     assert "data.train" in missing and "does not exist" in missing
+    (tmp_path / "rows.csv").write_text("text\nhello\n")
+    [suffix] = check(folder, train=str(tmp_path / "rows.csv"))
+    assert "is a .csv file" in suffix
     [tokenizer] = check(tmp_path / "nothing", train=good)
     assert "data.tokenizer" in tokenizer and "save_pretrained" in tokenizer
     with pytest.raises(ValueError, match=r"columns found: question, answer"):

@@ -56,13 +56,15 @@ def source_problem(source: str) -> str | None:
     """Why ``source`` cannot be read, in one line naming the fix, or None."""
     if _is_saved_dataset(Path(source)):
         return None
+    if Path(source).is_file() and Path(source).suffix not in SUFFIXES:
+        return f"must be a .txt, .jsonl, .json or .parquet file (or a folder written by save_to_disk); '{source}' is a {Path(source).suffix or 'suffix-less'} file"
     files = data_files(source)
     if not files:
         what = "does not exist" if not Path(source).exists() and not glob.glob(source) else "holds no .txt, .jsonl, .json or .parquet file"
         return (f"must be a .txt, .jsonl or .parquet file, a folder or glob of them, or a folder written by save_to_disk; "
                 f"'{source}' {what}")
     kinds = {SUFFIXES[f.suffix] for f in files}
-    if len(kinds) > 1 or Path(source).is_file() and files[0].suffix not in SUFFIXES:
+    if len(kinds) > 1:
         return f"must name files of one kind; '{source}' mixes {', '.join(sorted({f.suffix for f in files}))}"
     return None
 
@@ -279,18 +281,20 @@ class LMDataset(L.LightningDataModule):
         tok, fmt = self.tokenizer, self.resolved_format
         if fmt == "text":
             ids: list[int] = []
-            for text in table["text"]:
-                ids += tok(text, add_special_tokens=True)["input_ids"] + [tok.eos_token_id]
+            for document in tok(list(table["text"]), add_special_tokens=True)["input_ids"]:  # one batched (parallel) call
+                ids += document + [tok.eos_token_id]
             return [(ids, [True] * len(ids), 0)]
         if fmt == "prompt-completion" and len(table) and isinstance(table[0]["prompt"], list):
             # TRL's conversational prompt-completion: the conversation is prompt + completion
             conversations = [list(p) + list(c) for p, c in zip(table["prompt"], table["completion"])]
             return self._conversation_examples(name, conversations)
         if fmt == "prompt-completion":
+            # Prompt and completion are tokenised apart, so the boundary is exact whatever the merges.
+            prompts = tok(list(table["prompt"]), add_special_tokens=True)["input_ids"]
+            completions = tok(list(table["completion"]), add_special_tokens=False)["input_ids"]
             examples = []
-            for prompt, completion in zip(table["prompt"], table["completion"]):
-                p = tok(prompt, add_special_tokens=True)["input_ids"]
-                c = tok(completion, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+            for p, c in zip(prompts, completions):
+                c = c + [tok.eos_token_id]
                 examples.append((p + c, [False] * len(p) + [True] * len(c), len(p)))
             return examples
         return self._conversation_examples(name, list(table["messages"]))
