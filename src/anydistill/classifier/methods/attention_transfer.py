@@ -10,6 +10,7 @@ from anydistill.classifier.common import classifier_validation_step, teacher_sig
 from anydistill.classifier.losses import attention_transfer_loss
 from anydistill.core.method import DistillationMethod
 from anydistill.core.recipe import Fraction, NonNegativeFloat, OptimizerSpec, PositiveFloat
+from anydistill.core.space import Choice, LogUniform
 from anydistill.core.taps import capture_features
 from anydistill.core.teacher import Teacher
 from anydistill.losses import kd_kl, mix_with_ce
@@ -34,6 +35,8 @@ class AttentionTransfer(DistillationMethod):
 
     family = "classifier"
     paper = "Zagoruyko & Komodakis 2017, Paying More Attention to Attention (arXiv:1612.03928)"
+    # beta = 1000 in the official code, the paper compares p in {1, 2, 4}.
+    search_space = {"beta": LogUniform(10.0, 10000.0), "p": Choice((1.0, 2.0, 4.0))}
 
     def __init__(
         self,

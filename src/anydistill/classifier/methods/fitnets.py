@@ -10,6 +10,7 @@ from anydistill.classifier.common import classifier_validation_step, teacher_sig
 from anydistill.classifier.losses import hint_loss
 from anydistill.core.method import DistillationMethod
 from anydistill.core.recipe import NonNegativeFloat, NonNegativeInt, OptimizerSpec, PositiveFloat
+from anydistill.core.space import LogUniform
 from anydistill.core.taps import capture_features
 from anydistill.core.teacher import Teacher
 from anydistill.losses import kd_kl
@@ -57,6 +58,8 @@ class FitNets(DistillationMethod):
 
     family = "classifier"
     paper = "Romero et al. 2015, FitNets: Hints for Thin Deep Nets (arXiv:1412.6550)"
+    # The paper uses T = 3 and lambda annealed from 4; these ranges bracket both.
+    search_space = {"temperature": LogUniform(1.0, 8.0), "kd_weight_start": LogUniform(1.0, 10.0)}
 
     def __init__(
         self,

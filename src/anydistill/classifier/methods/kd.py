@@ -8,6 +8,7 @@ from torch import nn
 from anydistill.classifier.common import classifier_validation_step, teacher_signal
 from anydistill.core.method import DistillationMethod
 from anydistill.core.recipe import Fraction, OptimizerSpec, PositiveFloat
+from anydistill.core.space import LogUniform, Uniform
 from anydistill.core.teacher import Teacher
 from anydistill.losses import kd_kl, mix_with_ce
 
@@ -24,6 +25,8 @@ class KD(DistillationMethod):
 
     family = "classifier"
     paper = "Hinton, Vinyals & Dean 2015, Distilling the Knowledge in a Neural Network (arXiv:1503.02531)"
+    # Hinton et al. report temperatures from 1 to 20 working, best around 2-8; alpha weights the soft term.
+    search_space = {"temperature": LogUniform(1.0, 10.0), "alpha": Uniform(0.1, 0.95)}
 
     def __init__(
         self,

@@ -26,6 +26,7 @@ class Scratch(DistillationMethod):
     paper = "baseline: cross-entropy on labels, no teacher"
     needs_teacher = False
     baseline = True
+    search_space: dict = {}  # only the shared optimizer settings (core.space.OPTIMIZER_SPACE)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return _cross_entropy_step(self, batch)
@@ -41,6 +42,7 @@ class TrainTeacher(DistillationMethod):
     paper = "trains a teacher: cross-entropy on labels"
     needs_teacher = False
     trains = "teacher"
+    search_space: dict = {}  # only the shared optimizer settings (core.space.OPTIMIZER_SPACE)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return _cross_entropy_step(self, batch)

@@ -1,0 +1,1 @@
+"""Studies over recipes: hyperparameter search (`tune`), one job per file."""
