@@ -1,5 +1,5 @@
 """`lm-dataset`: TRL's three formats from a user's files, the loss masks, the splits, the errors,
-and the on-policy methods (gkd, seq-kd) running on it."""
+and the on-policy methods (gkd, seq-kd) and cached lm-kd running on it."""
 
 from __future__ import annotations
 
@@ -135,7 +135,7 @@ def test_errors_name_the_fix(folder, tmp_path) -> None:
         data(folder, write_jsonl(tmp_path / "two.jsonl", conversations(2)))
 
 
-def test_gkd_and_seq_kd_run_on_it(folder, tmp_path) -> None:
+def test_gkd_seq_kd_and_cached_lm_kd_run_on_it(folder, tmp_path) -> None:
     import lightning as L
 
     from anydistill.core.teacher import Teacher
@@ -146,7 +146,10 @@ def test_gkd_and_seq_kd_run_on_it(folder, tmp_path) -> None:
 
     module = data(folder, write_jsonl(tmp_path / "chat.jsonl", conversations(16)), prompt_tokens=12, batch_size=4)
     teacher = Teacher(hf_causal_lm(path=str(folder)), name="tiny-llama")
-    for method_class, options in ((GKD, {"lmbda": 1.0}), (SeqKD, {})):
+    from anydistill.lm.methods.kd import LMKD
+
+    cached_kd = {"topk": 4, "cache_dir": str(tmp_path / "topk")}  # the top-k cache keys on the module's fingerprint
+    for method_class, options in ((GKD, {"lmbda": 1.0}), (SeqKD, {}), (LMKD, cached_kd)):
         L.seed_everything(0)
         student = hf_causal_lm(path=str(folder), keep_layers=[0, 2])
         before = state(student)
@@ -154,3 +157,4 @@ def test_gkd_and_seq_kd_run_on_it(folder, tmp_path) -> None:
         assert method.data_problems(module, teacher.model) == []
         fit(method, module, steps=2)
         assert any(not torch.equal(before[k], v) for k, v in student.state_dict().items()), method_class.__name__
+    assert any((tmp_path / "topk").rglob("*.safetensors")) or any((tmp_path / "topk").rglob("manifest*"))
