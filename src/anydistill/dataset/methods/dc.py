@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from anydistill.core.recipe import OptimizerSpec
+from anydistill.core.space import LogUniform
 from anydistill.core.teacher import Teacher
 from anydistill.dataset.matching import gradient_matching_distance
 from anydistill.dataset.method import DatasetDistillationMethod
@@ -48,6 +49,8 @@ class DC(DatasetDistillationMethod):
     """Gradient matching without augmentation (DC)."""
 
     paper = "Zhao, Mopuri & Bilen, Dataset Condensation with Gradient Matching, ICLR 2021"
+    # The papers' image learning rate is 0.1 (DSA too); digits needed 0.01 (dataset_digits_tune.md).
+    search_space = {"lr_images": LogUniform(0.003, 0.3)}
     paper_iterations = 1000
     default_strategy: ClassVar[str] = "none"
 

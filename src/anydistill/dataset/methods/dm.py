@@ -17,6 +17,7 @@ from typing import ClassVar
 import torch
 
 from anydistill.core.recipe import OptimizerSpec
+from anydistill.core.space import LogUniform
 from anydistill.core.teacher import Teacher
 from anydistill.dataset.matching import distribution_matching_loss
 from anydistill.dataset.method import DatasetDistillationMethod
@@ -27,6 +28,8 @@ class DM(DatasetDistillationMethod):
     """Distribution matching with randomly initialised embedders (defaults: the official ones)."""
 
     paper = "Zhao & Bilen, Dataset Condensation with Distribution Matching, WACV 2023"
+    # The paper's image learning rate is 1; a decade either side.
+    search_space = {"lr_images": LogUniform(0.1, 10.0)}
     paper_iterations = 20000
 
     def __init__(

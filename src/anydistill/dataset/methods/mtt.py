@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from anydistill.core.recipe import OptimizerSpec
+from anydistill.core.space import LogUniform
 from anydistill.core.teacher import Teacher
 from anydistill.dataset.convnet import flat_parameters, functional_forward, unflatten
 from anydistill.dataset.experts import ExpertBuffer, ExpertWriter, MANIFEST
@@ -42,6 +43,8 @@ class MTT(DatasetDistillationMethod):
     """Trajectory matching against expert snapshots, with a learnable step size."""
 
     paper = "Cazenavette et al., Dataset Distillation by Matching Training Trajectories, CVPR 2022"
+    # The paper's pixel learning rates run from 100 to 10,000 (per dataset and IPC); ours are per-pixel means.
+    search_space = {"lr_images": LogUniform(10.0, 1000.0)}
     paper_iterations = 5000
 
     def __init__(

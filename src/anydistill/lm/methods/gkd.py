@@ -9,6 +9,7 @@ from torch import nn
 
 from anydistill.core.method import DistillationMethod
 from anydistill.core.recipe import Fraction, OptimizerSpec, PositiveFloat
+from anydistill.core.space import Uniform
 from anydistill.core.teacher import Teacher
 from anydistill.lm.common import causal_logits, generate, lm_data_problems, lm_validation_step, prepare, step_loss, teacher_logits
 from anydistill.lm.token_losses import token_distill_loss
@@ -38,6 +39,8 @@ class GKD(DistillationMethod):
 
     family = "lm"
     paper = "Agarwal et al. 2024, On-Policy Distillation of Language Models: Learning from Self-Generated Mistakes (ICLR, arXiv:2306.13649)"
+    # The paper sweeps the on-policy fraction lambda over [0, 1] and the JSD beta over {0.1, 0.5, 0.9}.
+    search_space = {"lmbda": Uniform(0.0, 1.0), "beta": Uniform(0.1, 0.9)}
     data = "on-policy"
 
     def __init__(

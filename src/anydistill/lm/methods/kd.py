@@ -12,6 +12,7 @@ from torch import nn
 
 from anydistill.core.method import DistillationMethod
 from anydistill.core.recipe import Fraction, OptimizerSpec, PositiveFloat, PositiveInt
+from anydistill.core.space import LogUniform, Uniform
 from anydistill.core.teacher import Teacher
 from anydistill.lm.common import causal_logits, lm_data_problems, lm_validation_step, prepare, step_loss, targets_and_mask, teacher_logits
 from anydistill.lm.token_losses import token_ce_loss, token_distill_loss
@@ -55,6 +56,8 @@ class LMKD(DistillationMethod):
 
     family = "lm"
     paper = "Hinton et al. 2015 (token-level KD); divergences of Agarwal et al. 2024 (GKD) and Ko et al. 2024 (DistiLLM)"
+    # Token-level KD: temperatures near 1 (GKD and DistiLLM use 1), alpha the soft/label mix.
+    search_space = {"temperature": LogUniform(0.5, 2.0), "alpha": Uniform(0.1, 0.9)}
 
     def __init__(
         self,
