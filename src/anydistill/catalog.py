@@ -7,17 +7,19 @@ from __future__ import annotations
 import functools
 import importlib.resources
 import importlib.util
+import inspect
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from anydistill.core.errors import MissingPackageError, RecipeError
+from anydistill.core.method import DistillationMethod
 from anydistill.core.recipe import (
     CacheSpec,
     OptimizerSpec,
@@ -27,9 +29,11 @@ from anydistill.core.recipe import (
     read_yaml,
     validate_kwargs,
 )
-from anydistill.core.method import DistillationMethod
 from anydistill.core.taps import capture_features, find_module
 from anydistill.registries import DATA, EVALUATORS, METHODS, MODELS
+
+if TYPE_CHECKING:
+    from anydistill.core.registry import Registry
 
 __all__ = ["DATA", "EVALUATORS", "METHODS", "MODELS", "Recipe", "build_models", "load_recipe"]
 
@@ -269,29 +273,37 @@ def load_recipe(path_or_name: str, overrides: list[str] = ()) -> Recipe:
     if parsed is not None:
         _check_trainer(parsed.trainer, problems)
     if not problems and parsed is not None and data is not None:
+        @functools.cache
+        def set_up_data() -> Any:  # set up only for methods that check the data (or shapes read from files), once
+            module = data.target(**data.kwargs)
+            module.setup()
+            return module
+
+        files_data = None  # a source over the user's files is read here: its shapes come from them
+        if shapes_known_after_setup(data):
+            try:
+                files_data = set_up_data()
+            except RecipeError as error:
+                problems += error.problems
+            except Exception as error:  # unreadable files: one line, whatever the reader raised
+                problems.append(f"data: {_first_line(error)}")
+    if not problems and parsed is not None and data is not None:
+        input_shape = data_shapes(data, files_data)["input_shape"]
         try:
-            student_model, teacher_model = build_models(data, student, teacher)
+            student_model, teacher_model = build_models(data, student, teacher, files_data)
             if checkpoint:
                 load_teacher_weights(teacher_model, str(checkpoint), teacher.name)
-            input_shape = data.target.input_shape
             for model in (student_model, teacher_model) if family == "classifier" else ():  # other families take other inputs
                 if model is not None:
                     _dry_forward(model, input_shape, [])
         except Exception as error:  # any failure to build or run a model is a recipe problem, told in one line
-            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            problems.append(f"models: building or running the models on a {data.target.input_shape} input failed: {first}")
+            problems.append(f"models: building or running the models on a {input_shape} input failed: {_first_line(error)}")
         else:
             for path in parsed.cache.features if parsed.cache.enabled else []:
                 try:
                     find_module(teacher_model, path)
                 except (LookupError, AttributeError) as error:
                     problems.append(f"cache.features: {error}")
-
-            @functools.cache
-            def set_up_data() -> Any:  # set up only for methods that check the data, once for all of them
-                module = data.target(**data.kwargs)
-                module.setup()
-                return module
 
             data_findings: dict[str, list[str]] = {}
             for label, component in methods.items():
@@ -333,9 +345,32 @@ def load_teacher_weights(model: Any, checkpoint: str, name: str) -> None:
         ) from None
 
 
-def build_models(data: Component, student: Component | None, teacher: Component | None) -> tuple[Any, Any]:
-    """Instantiate the student and (untrained or pretrained) teacher models for the data's shapes."""
-    shapes = {"input_shape": data.target.input_shape, "num_classes": data.target.num_classes}
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def shapes_known_after_setup(data: Component) -> bool:
+    """Whether the data source learns ``input_shape`` / ``num_classes`` from its files (instance
+    properties, e.g. a user's CSV) rather than declaring them (class attributes, the shipped sets)."""
+    return any(isinstance(inspect.getattr_static(data.target, key, None), property) for key in MODEL_INJECTED)
+
+
+def data_shapes(data: Component, datamodule: Any = None) -> dict[str, Any]:
+    """``{"input_shape": (C, H, W) or (L,), "num_classes": K}`` of the data: from the set-up
+    ``datamodule`` when given, else from the class, setting up an instance only when the shapes
+    come from the files."""
+    if datamodule is None and shapes_known_after_setup(data):
+        datamodule = data.target(**data.kwargs)
+        datamodule.setup()
+    source = datamodule if datamodule is not None else data.target
+    return {"input_shape": tuple(source.input_shape), "num_classes": source.num_classes}
+
+
+def build_models(data: Component, student: Component | None, teacher: Component | None, datamodule: Any = None) -> tuple[Any, Any]:
+    """Instantiate the student and (untrained or pretrained) teacher models for the data's shapes
+    (read from ``datamodule``, the set-up data module, when given; see `data_shapes`)."""
+    shapes = data_shapes(data, datamodule)
     student_model = student.target(**shapes, **student.kwargs) if student else None
     teacher_model = teacher.target(**shapes, **teacher.kwargs) if teacher else None
     return student_model, teacher_model

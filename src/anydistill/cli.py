@@ -14,7 +14,10 @@ from pathlib import Path
 
 from anydistill.core.errors import AnydistillError
 
-DEMO_RECIPE = "mnist/demo"
+# `anydistill demo FAMILY` runs the shipped recipe recipes/demo/<family>.yaml: a few minutes at most on
+# a laptop CPU, offline, printing teacher / baseline / distilled student with quality, size and speed.
+DEMO_FAMILIES = ("classifier", "lm", "diffusion", "dataset")
+DEMO_RECIPES = {family: f"demo/{family}" for family in DEMO_FAMILIES}
 
 
 def _print_problems(error: AnydistillError) -> int:
@@ -56,9 +59,18 @@ def command_run(args: argparse.Namespace) -> int:
             name = os.environ["ANYDISTILL_RUN_NAME"]
         elif args.name is None and "RANK" not in os.environ and "LOCAL_RANK" not in os.environ:
             name = _unique_name(root, name)
-        os.environ["ANYDISTILL_RUN_NAME"] = name
         run_dir = RunDir.create(root, name, is_main_process=is_main_process())
-    metrics = run_recipe(recipe, run_dir, resume=bool(args.resume))
+    # Set only for the run itself: an in-process caller (a test, a notebook) must not hand this
+    # name on to the next run or to a child process it starts later.
+    previous = os.environ.get("ANYDISTILL_RUN_NAME")
+    os.environ["ANYDISTILL_RUN_NAME"] = run_dir.path.name
+    try:
+        metrics = run_recipe(recipe, run_dir, resume=bool(args.resume), command=" ".join(["anydistill", *args.argv]))
+    finally:
+        if previous is None:
+            os.environ.pop("ANYDISTILL_RUN_NAME", None)
+        else:
+            os.environ["ANYDISTILL_RUN_NAME"] = previous
     if is_main_process():
         from rich.console import Console
 
@@ -70,7 +82,7 @@ def command_run(args: argparse.Namespace) -> int:
 
 
 def command_demo(args: argparse.Namespace) -> int:
-    args.recipe, args.set, args.resume, args.name = DEMO_RECIPE, [], None, None
+    args.recipe, args.resume = DEMO_RECIPES[args.family], None
     return command_run(args)
 
 
@@ -85,15 +97,21 @@ def command_validate(args: argparse.Namespace) -> int:
 def command_methods(args: argparse.Namespace) -> int:
     from anydistill.catalog import METHODS
 
-    rows = []
+    rows, broken = [], []
     for name in METHODS.names():
-        cls = METHODS.get(name)
+        try:
+            cls = METHODS.get(name)
+        except LookupError as error:  # an installed plugin that fails to import: list the rest, name it
+            broken.append(str(error))
+            continue
         rows.append({"name": name, "family": cls.family, "paper": cls.paper, "data": cls.data})
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
         for row in rows:
             print(f"{row['name']:<20} {row['family']:<11} {row['data']:<17} {row['paper']}")
+    if broken:
+        raise AnydistillError("\n".join(broken))
     return 0
 
 
@@ -181,7 +199,15 @@ def build_parser() -> argparse.ArgumentParser:
     def add_run_options(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--runs", default="runs", help="root of run directories (default: runs)")
 
-    demo = commands.add_parser("demo", help="distill the pretrained MNIST teacher into a small student, against scratch")
+    demo = commands.add_parser(
+        "demo", help="run a family's demo recipe: teacher, baseline and distilled student, in a few minutes on a CPU",
+        description="classifier: pretrained MNIST teacher into a 32x smaller CNN (KD vs scratch); lm: Shakespeare GPT-2 "
+                    "trained here into a 1-layer student (token KD vs SFT); diffusion: 2-D flow teacher trained here "
+                    "into a 1-step generator (reflow vs the teacher at equal steps); dataset: 8x8 digits into 10 "
+                    "images per class (DM vs random subset and herding). Each runs recipes/demo/<family>.yaml.")
+    demo.add_argument("family", nargs="?", default="classifier", choices=DEMO_FAMILIES, help="which demo (default: classifier)")
+    demo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key, e.g. trainer.max_epochs=1")
+    demo.add_argument("--name", help="run directory name (default: the recipe's name, suffixed if taken)")
     add_run_options(demo)
     demo.set_defaults(handler=command_demo)
 
@@ -232,7 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # saved in run.json as the command that started the run
     try:
         return args.handler(args)
     except AnydistillError as error:

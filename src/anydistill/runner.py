@@ -100,7 +100,7 @@ def make_trainer(recipe: Recipe, run_dir: RunDir, label: str) -> L.Trainer:
         num_sanity_val_steps=0,
         use_distributed_sampler=False,  # data modules shard by rank themselves (EpochShuffleSampler)
         logger=loggers,
-        callbacks=[checkpoints],
+        callbacks=[EpochRowInCheckpoint(), checkpoints],
         default_root_dir=run_dir.path,
     )
 
@@ -120,7 +120,7 @@ def run_recipe(recipe: Recipe, run_dir: RunDir, *, resume: bool = False, command
     L.seed_everything(recipe.seed, verbose=False)  # a teacher built here (no checkpoint) is seeded too
     datamodule = recipe.data.target(**recipe.data.kwargs)
     datamodule.setup()
-    _, pretrained = build_models(recipe.data, recipe.student, recipe.teacher)
+    _, pretrained = build_models(recipe.data, recipe.student, recipe.teacher, datamodule)
     teacher = build_teacher(recipe, pretrained) if not any(c.target.trains == "teacher" for c in recipe.methods.values()) else None
     evaluator: Evaluator = recipe.evaluation.target(
         data=datamodule, student_spec=recipe.resolved.get("student"), data_name=recipe.data.name, **recipe.evaluation.kwargs
@@ -140,11 +140,11 @@ def run_recipe(recipe: Recipe, run_dir: RunDir, *, resume: bool = False, command
         # A teacher trained in the run is one row, "teacher", whatever its method's label.
         if ("teacher" if component.target.trains == "teacher" else label) in metrics:
             if component.target.trains == "teacher":  # resumed after the teacher was trained
-                teacher = build_trained_teacher(recipe, run_dir, label)
+                teacher = build_trained_teacher(recipe, run_dir, label, datamodule)
             continue
         L.seed_everything(recipe.seed, verbose=False)
         trains_teacher = component.target.trains == "teacher"
-        student_model, teacher_model = build_models(recipe.data, recipe.student, recipe.teacher)
+        student_model, teacher_model = build_models(recipe.data, recipe.student, recipe.teacher, datamodule)
         model = teacher_model if trains_teacher else student_model
         method: DistillationMethod = component.target(
             student=model, teacher=teacher if component.target.needs_teacher else None, optimizer=component.optimizer or recipe.optimizer,
@@ -163,6 +163,7 @@ def run_recipe(recipe: Recipe, run_dir: RunDir, *, resume: bool = False, command
         log = run_dir.path / "logs" / label / "metrics.csv"
         earlier_log = read_csv_rows(log) if resume and main else []
         checkpoint = run_dir.last_checkpoint(label) if resume else None
+        pending = pending_epoch_row(checkpoint) if earlier_log else None  # read now: fit overwrites last.ckpt
         started = time.perf_counter()
         if component.target.own_loop:
             method.attach_data(datamodule)
@@ -171,7 +172,7 @@ def run_recipe(recipe: Recipe, run_dir: RunDir, *, resume: bool = False, command
             trainer.fit(method, datamodule=datamodule, ckpt_path=checkpoint)
         train_time = time.perf_counter() - started
         if earlier_log:
-            restore_log_history(log, earlier_log)
+            restore_log_history(log, earlier_log, pending)
         spec = recipe.resolved["teacher" if trains_teacher else "student"]
         if trains_teacher:
             teacher = Teacher(method.student, name=f"{recipe.teacher.name} (trained)")
@@ -200,12 +201,37 @@ def read_csv_rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-def restore_log_history(path: Path, earlier: list[dict[str, str]]) -> None:
+class EpochRowInCheckpoint(L.Callback):
+    """Keeps the epoch's training means (``train/*_epoch``) in every checkpoint.
+
+    Lightning writes them to the CSV log only after the epoch-end checkpoint is saved, so a run
+    killed in between would resume without that epoch in its learning curve."""
+
+    KEY = "anydistill_epoch_row"
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        means = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/") and k.endswith("_epoch")}
+        if means:
+            checkpoint[self.KEY] = {"epoch": trainer.current_epoch, "step": trainer.global_step - 1, **means}
+
+
+def pending_epoch_row(checkpoint: str | Path | None) -> dict[str, Any] | None:
+    """The epoch row `EpochRowInCheckpoint` stored in ``checkpoint`` (None if there is none)."""
+    if checkpoint is None:
+        return None
+    return torch.load(str(checkpoint), map_location="cpu", weights_only=False).get(EpochRowInCheckpoint.KEY)
+
+
+def restore_log_history(path: Path, earlier: list[dict[str, str]], pending: dict[str, Any] | None = None) -> None:
     """Put back the epochs logged before an interruption: Lightning's CSV logger starts
-    ``metrics.csv`` anew when a run resumes, and the report's learning curves need them all."""
+    ``metrics.csv`` anew when a run resumes, and the report's learning curves need them all.
+    ``pending`` is the resumed checkpoint's epoch row, added if the log never received it."""
     later = read_csv_rows(path)
     resumed_at = min((int(r["epoch"]) for r in later if r.get("epoch")), default=None)
     kept = [r for r in earlier if r.get("epoch") and (resumed_at is None or int(r["epoch"]) < resumed_at)]
+    means = [key for key in pending or {} if key not in ("epoch", "step")]
+    if pending and not any(r.get("epoch") == str(pending["epoch"]) and any(r.get(k) for k in means) for r in kept):
+        kept.append({key: str(value) for key, value in pending.items()})
     fields = list(dict.fromkeys(key for row in [*kept, *later] for key in row))
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=fields)
@@ -214,8 +240,8 @@ def restore_log_history(path: Path, earlier: list[dict[str, str]]) -> None:
     write_atomic(path, buffer.getvalue())
 
 
-def build_trained_teacher(recipe: Recipe, run_dir: RunDir, label: str) -> Teacher:
+def build_trained_teacher(recipe: Recipe, run_dir: RunDir, label: str, datamodule: Any = None) -> Teacher:
     """The teacher trained by method ``label`` earlier in this run, reloaded from its export."""
-    _, model = build_models(recipe.data, recipe.student, recipe.teacher)
+    _, model = build_models(recipe.data, recipe.student, recipe.teacher, datamodule)
     model.load_state_dict(load_file(str(run_dir.checkpoint_dir(label) / "model.safetensors")))
     return Teacher(model, name=f"{recipe.teacher.name} (trained)")

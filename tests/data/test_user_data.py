@@ -121,6 +121,14 @@ def test_tensor_files_with_own_key_names(tmp_path, suffix) -> None:
         TensorFileData(train=str(path)).setup()
 
 
+def test_uint8_images_in_a_tensor_file_become_floats_in_0_1(tmp_path) -> None:
+    x = np.full((20, 1, 4, 4), 255, dtype=np.uint8)
+    np.savez(tmp_path / "u8.npz", x=x, y=np.arange(20) % 2)
+    data = TensorFileData(train=str(tmp_path / "u8.npz"), standardize=False)
+    images, _ = data.split("train")
+    assert images.dtype == torch.float32 and float(images.max()) == 1.0
+
+
 def test_hf_dataset_from_disk_uses_its_splits(tmp_path) -> None:
     import datasets
 

@@ -54,3 +54,13 @@ def test_evaluation_settings_are_checked() -> None:
 
 def test_families_do_not_mix() -> None:
     assert "mix" in problems("methods.kd={}", "teacher={name: small-cnn}")
+
+
+def test_ipc_above_a_class_size_is_refused_at_validation(tmp_path) -> None:
+    import numpy as np
+
+    np.savez(tmp_path / "t.npz", x=np.random.default_rng(0).random((40, 1, 8, 8)).astype(np.float32), y=np.arange(40) % 4)
+    (tmp_path / "r.yaml").write_text(f"name: ipc\nseed: 0\ndata: {{name: tensors, train: {tmp_path / 't.npz'}}}\n"
+                                     "student: {name: synthetic-set, ipc: 9}\nmethods:\n  dm: {}\n")
+    with pytest.raises(RecipeError, match=r"student.ipc=9 is more than some classes have .*set ipc to at most 7"):
+        load_recipe(str(tmp_path / "r.yaml"))

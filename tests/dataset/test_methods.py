@@ -165,5 +165,3 @@ def test_init_follows_the_student_spec(digits) -> None:
 def test_wrong_student_is_refused() -> None:
     with pytest.raises(TypeError, match="synthetic-set"):
         DM(torch.nn.Linear(2, 2))
-    with pytest.raises(ValueError, match="ipc"):
-        DC(synthetic_set((1, 8, 8), 10, ipc=3))

@@ -29,34 +29,6 @@ methods:
 """
 
 
-@pytest.fixture(autouse=True)
-def shapes_from_the_data(monkeypatch):
-    """The loader reads ``input_shape`` / ``num_classes`` off the data class, but the modules over
-    users' files know them only once their files are read (instance properties). Until
-    ``catalog.build_models`` takes the set-up data module (``build_models(..., datamodule)``, the
-    change the classifier-data helper proposed), this reads them from an instance."""
-    import inspect
-
-    import anydistill.catalog
-    import anydistill.runner
-
-    original = anydistill.catalog.build_models
-    if "datamodule" in inspect.signature(original).parameters:  # the loader has the change: nothing to do
-        return
-
-    def build_models(data, student, teacher):
-        if not isinstance(inspect.getattr_static(data.target, "input_shape"), property):
-            return original(data, student, teacher)
-        module = data.target(**data.kwargs)
-        module.setup()
-        shapes = {"input_shape": module.input_shape, "num_classes": module.num_classes}
-        return (student.target(**shapes, **student.kwargs) if student else None,
-                teacher.target(**shapes, **teacher.kwargs) if teacher else None)
-
-    monkeypatch.setattr(anydistill.catalog, "build_models", build_models)
-    monkeypatch.setattr(anydistill.runner, "build_models", build_models)
-
-
 def save_teacher(folder: Path) -> Path:
     """A tiny random class-conditional (2 classes + null) UNet2DModel and its DDPM scheduler."""
     from diffusers import DDPMScheduler, UNet2DModel

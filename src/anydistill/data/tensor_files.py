@@ -45,8 +45,17 @@ def read_tensor_file(path: str, keys: tuple[str, str], where: str) -> tuple[torc
     return torch.from_numpy(np.ascontiguousarray(x)), y
 
 
+def as_float_inputs(x: torch.Tensor, y: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+    """Float32 inputs: 8-bit images (uint8) scaled to [0, 1], other integers cast (a tensor file
+    holds features or pixels; integer inputs would be read as token ids downstream)."""
+    if x.is_floating_point():
+        return x, y
+    return (x.float() / 255.0 if x.dtype == torch.uint8 else x.float()), y
+
+
 class TensorFileData(ArrayClassificationData):
-    """Inputs and labels saved as arrays: x [N, F] (tabular) or [N, C, H, W] (images), y [N].
+    """Inputs and labels saved as arrays: x [N, F] (tabular) or [N, C, H, W] (images), y [N];
+    uint8 images are scaled to [0, 1] and other integer inputs cast to float32.
 
     Args:
         train: the training file (.safetensors or .npz); ``val`` and ``test`` files are optional
@@ -84,7 +93,7 @@ class TensorFileData(ArrayClassificationData):
         return f"tensors {self.files} keys {self.keys}"
 
     def read_arrays(self) -> dict[str, tuple[torch.Tensor, np.ndarray]]:
-        arrays = {name: read_tensor_file(path, self.keys, f"data.{name}") for name, path in self.files.items()}
+        arrays = {name: as_float_inputs(*read_tensor_file(path, self.keys, f"data.{name}")) for name, path in self.files.items()}
         shapes = {name: list(x.shape[1:]) for name, (x, _) in arrays.items()}
         if len({str(s) for s in shapes.values()}) > 1:
             raise ValueError(f"the files' inputs have different shapes per row ({shapes}); give the same shape in every split.")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
+import time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -49,7 +50,8 @@ class SynsetEvaluator(Evaluator):
             to choose a method's settings without looking at the test split.
     """
 
-    headline = ("accuracy", "accuracy_std", "gap_closed", "iterations", "eval_lr", "train_time_s")
+    # images: the set's size; eval_s_per_model: what training on it costs (the point of a small set).
+    headline = ("accuracy", "accuracy_std", "gap_closed", "images", "eval_s_per_model", "iterations", "eval_lr", "train_time_s")
 
     def __init__(
         self,
@@ -104,9 +106,13 @@ class SynsetEvaluator(Evaluator):
         return convnet(channels, int(self.y_train.max()) + 1, (height, width), width=self.net_width, depth=self.net_depth)
 
     def score(self, x: Tensor, y: Tensor, protocol: EvalProtocol | None = None, seeds: int | list[int] | None = None) -> dict[str, Any]:
-        """``accuracy`` (mean over the models), ``accuracy_std`` and the per-model ``accuracies`` of training on ``(x, y)``."""
+        """``accuracy`` (mean over the models), ``accuracy_std`` and the per-model ``accuracies`` of training on ``(x, y)``,
+        ``images`` and ``eval_s_per_model`` (wall seconds to train and test one model on the set, this machine)."""
+        started = time.perf_counter()
         mean, std, accuracies = evaluate_set(self.new_model, x, y, self.x_test, self.y_test, protocol or self.protocol, seeds)
-        return {"accuracy": mean, "accuracy_std": std, "accuracies": accuracies, "images": len(x), "eval_models": len(accuracies)}
+        seconds = (time.perf_counter() - started) / max(len(accuracies), 1)
+        return {"accuracy": mean, "accuracy_std": std, "accuracies": accuracies, "images": len(x), "eval_models": len(accuracies),
+                "eval_s_per_model": round(seconds, 3)}
 
     def evaluate(self, model: nn.Module, teacher: Teacher | None, method: str) -> dict[str, Any]:
         synset: SyntheticSet = model
@@ -150,9 +156,12 @@ class SynsetEvaluator(Evaluator):
 
     def _full_data(self) -> dict[str, Any]:
         protocol = self._full_protocol()
+        started = time.perf_counter()
         mean, std, accuracies = evaluate_set(self.new_model, self.x_train, self.y_train, self.x_test, self.y_test, protocol)
+        seconds = (time.perf_counter() - started) / max(len(accuracies), 1)
         return {"accuracy": mean, "accuracy_std": std, "accuracies": accuracies, "images": len(self.x_train),
-                "eval_models": len(accuracies), "eval_epochs": protocol.epochs, "method": "full-data"}
+                "eval_models": len(accuracies), "eval_epochs": protocol.epochs, "method": "full-data",
+                "eval_s_per_model": round(seconds, 3)}
 
     def _features(self) -> Tensor:
         """Embeddings of the training split by a ConvNet trained on all of it (herding and k-center select in them)."""

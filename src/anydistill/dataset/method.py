@@ -85,6 +85,18 @@ class DatasetDistillationMethod(DistillationMethod):
 
     # ------------------------------------------------------------------ data and draws
 
+    def data_problems(self, datamodule: Any, teacher: nn.Module | None) -> list[str]:
+        """Every class needs ``ipc`` training images: the set starts from them (``init: real``) and
+        the random-subset and coreset baselines draw that many per class."""
+        _, y = datamodule.split("train")
+        counts = torch.bincount(y, minlength=self.student.num_classes).tolist()
+        short = {c: n for c, n in enumerate(counts) if n < self.student.ipc}
+        if not short:
+            return []
+        listed = ", ".join(f"class {c}: {n}" for c, n in list(short.items())[:5]) + (", ..." if len(short) > 5 else "")
+        return [f"student.ipc={self.student.ipc} is more than some classes have in the training split ({listed}); "
+                f"set ipc to at most {min(counts)}."]
+
     def attach_data(self, datamodule: Any) -> None:
         """Keep the real training split by class and initialise the set (real or noise) from the run seed."""
         x, y = datamodule.split("train")

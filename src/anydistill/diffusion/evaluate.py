@@ -57,7 +57,8 @@ class DiffusionEvaluator(Evaluator):
             sliced Wasserstein alone varies by about 30 % (8-Gaussian ring, 5,000 points).
     """
 
-    headline = ("swd@*", "high_quality@*", "fd@*", "class_acc@*")
+    # Quality at each NFE, then size and the sampling cost the NFE buys (ms per sample).
+    headline = ("swd@*", "high_quality@*", "fd@*", "class_acc@*", "params", "ms_per_sample@*")
 
     def __init__(
         self,

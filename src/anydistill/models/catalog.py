@@ -13,7 +13,7 @@ MODELS = {
     "diffusers-folder": "anydistill.models.diffusers_folder:diffusers_folder",
     "gpt2-lm": "anydistill.models.causal_lm:gpt2_lm",
     "llama-lm": "anydistill.models.causal_lm:llama_lm",
-    "hf-causal-lm": "anydistill.models.hf_causal_lm:hf_causal_lm",
     "hf-sequence-classifier": "anydistill.models.hf_classifiers:hf_sequence_classifier",
     "hf-image-classifier": "anydistill.models.hf_classifiers:hf_image_classifier",
+    "hf-causal-lm": "anydistill.models.hf_causal_lm:hf_causal_lm",
 }

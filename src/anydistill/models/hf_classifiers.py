@@ -9,7 +9,9 @@ Hugging Face model is the wrapper's ``hf`` attribute: feature taps name its modu
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,6 +27,21 @@ FAMILY_OF_SUFFIX = {
     "LMHeadModel": "hf-causal-lm",
     "ForConditionalGeneration": "a sequence-to-sequence model (not supported for classification)",
 }
+
+
+@contextlib.contextmanager
+def quiet_progress() -> Iterator[None]:
+    """Without transformers' loading/writing progress bars: on stderr they would bury the one-line
+    errors and the run's own output (restored afterwards)."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
 
 
 def read_config(path: str, builder: str) -> dict[str, Any]:
@@ -120,7 +137,8 @@ class HFClassifier(nn.Module):
     def save_pretrained(self, directory: str | Path) -> None:
         """The ecosystem's format: ``config.json`` + ``model.safetensors`` that ``AutoModelFor...
         .from_pretrained(directory)`` loads, plus the source folder's tokenizer or image processor."""
-        self.hf.save_pretrained(str(directory))
+        with quiet_progress():
+            self.hf.save_pretrained(str(directory))
         if not self.source:
             return
         from transformers import AutoImageProcessor, AutoTokenizer
@@ -134,7 +152,8 @@ class HFClassifier(nn.Module):
 
 def _load(auto: Any, path: str, builder: str, dtype: str) -> nn.Module:
     try:
-        return auto.from_pretrained(path, local_files_only=True, dtype=DTYPES[dtype])
+        with quiet_progress():
+            return auto.from_pretrained(path, local_files_only=True, dtype=DTYPES[dtype])
     except (OSError, ValueError, KeyError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ValueError(f"{builder}.path: '{path}' does not load as {auto.__name__}: {first}") from None

@@ -30,16 +30,12 @@ fragment with the best values), ``trials.csv``, ``study.json``, ``plots/history.
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import logging
 import math
 import tempfile
 import time
-import typing
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,13 +43,26 @@ from typing import Any
 import lightning as L
 import yaml
 
-from anydistill.catalog import EVALUATOR_INJECTED, METHOD_INJECTED, Recipe, build_models, load_recipe, resolve_recipe_path
-from anydistill.core.errors import AnydistillError, TrainingError
-from anydistill.core.recipe import OptimizerSpec, _pydantic_problems, apply_override, parameters_of, read_yaml
+from anydistill.catalog import (
+    EVALUATOR_INJECTED,
+    Recipe,
+    build_models,
+    load_recipe,
+    resolve_recipe_path,
+)
+from anydistill.core.errors import TrainingError
+from anydistill.core.recipe import apply_override, parameters_of, read_yaml
 from anydistill.core.rundir import write_atomic
-from anydistill.core.space import OPTIMIZER_SPACE, Space, parse_space
 from anydistill.core.teacher import Teacher
 from anydistill.registries import EVALUATORS, METHODS
+from anydistill.study.outputs import progress_line, write_outputs
+from anydistill.study.search_space import (
+    TuneError,
+    build_space,
+    check_space,
+    fixed_by_set,
+    trial_overrides,
+)
 
 # Per family: the per-epoch validation metric reported to the pruner, whether higher is better,
 # and the evaluator column scored at the end of a trial (None: the last per-epoch value).
@@ -64,10 +73,6 @@ FAMILY_SCORES: dict[str, tuple[str, str, str | None]] = {
     "diffusion": ("val/loss", "minimize", None),
 }
 FINISHED = ("COMPLETE", "PRUNED")
-
-
-class TuneError(AnydistillError):
-    """A problem with the tune command's arguments or its study (one line each)."""
 
 
 class ReportToTrial(L.Callback):
@@ -107,105 +112,6 @@ class TuneResult:
 
 
 # ---------------------------------------------------------------------------------------------
-# Search space
-
-
-def _base_type(annotation: Any) -> Any:
-    """``int`` for ``Annotated[int, ...]``, the annotation itself otherwise."""
-    while typing.get_origin(annotation) is typing.Annotated:
-        annotation = typing.get_args(annotation)[0]
-    return annotation
-
-
-def settable_parameters(method_cls: type) -> dict[str, tuple[Any, Any]]:
-    """Search-space key -> (annotation, default) of everything a study may tune for a method: its
-    constructor parameters and ``optimizer.<field>``."""
-    fields = dict(parameters_of(method_cls, METHOD_INJECTED))
-    for name, info in OptimizerSpec.model_fields.items():
-        if name != "step_milestones":
-            fields[f"optimizer.{name}"] = (info.rebuild_annotation(), info.default)
-    return fields
-
-
-def check_space(method_cls: type, label: str, space: dict[str, Space]) -> list[str]:
-    """Problems with ``space``: unknown keys, and bounds the typed signature refuses (a range
-    whose both ends are valid holds only valid values: every constraint here is an interval)."""
-    import pydantic
-
-    known = settable_parameters(method_cls)
-    problems = []
-    for key, dimension in space.items():
-        if key not in known:
-            problems.append(unknown_key(key, label, known))
-            continue
-        where = f"search space {key}={dimension.describe()}"
-        if key.startswith("optimizer."):
-            for value in dimension.bounds():
-                try:
-                    OptimizerSpec.model_validate({key.split(".", 1)[1]: value})
-                except pydantic.ValidationError as error:
-                    problems += _pydantic_problems(error.errors(), "the optimizer", where, list(OptimizerSpec.model_fields))
-            continue
-        from pydantic import ConfigDict
-
-        model = pydantic.create_model(  # type: ignore[call-overload]
-            f"Space_{label}", __config__=ConfigDict(strict=True, arbitrary_types_allowed=True), **{key: known[key]}
-        )
-        for value in dimension.bounds():
-            try:
-                model.model_validate({key: value})
-            except pydantic.ValidationError as error:
-                problems += _pydantic_problems(error.errors(), f"method '{label}'", where, list(known))
-    return list(dict.fromkeys(problems))
-
-
-def unknown_key(key: str, label: str, known: dict[str, Any]) -> str:
-    import difflib
-
-    close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.5)
-    hint = f" Did you mean '{close[0]}'?" if close else ""
-    return f"--space {key}: method '{label}' has no parameter '{key}' to search.{hint} Known parameters: {', '.join(known)}."
-
-
-def build_space(method_cls: type, label: str, arguments: list[str], fixed: set[str]) -> dict[str, Space]:
-    """The study's space: the method's ``search_space`` and `OPTIMIZER_SPACE`, then ``arguments``
-    (``KEY=LOW:HIGH[:log]``, ``KEY=a,b,c``, ``KEY=off``), minus the keys ``fixed`` by ``--set``.
-
-    Raises:
-        TuneError: every problem, one line each.
-    """
-    space: dict[str, Space] = {**OPTIMIZER_SPACE, **getattr(method_cls, "search_space", {})}
-    known = settable_parameters(method_cls)
-    problems: list[str] = []
-    for argument in arguments:
-        key, sep, text = argument.partition("=")
-        if not sep or not key or not text:
-            problems.append(f"--space {argument}: expected KEY=LOW:HIGH[:log], KEY=a,b,c or KEY=off, e.g. --space temperature=1:8:log.")
-            continue
-        if key not in known:
-            problems.append(unknown_key(key, label, known))
-            continue
-        if text == "off":
-            space.pop(key, None)
-            continue
-        try:
-            space[key] = parse_space(text, integer=_base_type(known[key][0]) is int)
-        except ValueError as error:
-            problems.append(f"--space {argument}: {error}")
-    problems += [p for p in check_space(method_cls, label, space) if p not in problems]
-    if problems:
-        raise TuneError("\n".join(problems))
-    return {key: dimension for key, dimension in space.items() if key not in fixed}
-
-
-def trial_overrides(label: str, params: dict[str, Any]) -> list[str]:
-    """``--set`` assignments putting search-space values into the recipe: method parameters under
-    ``methods.<label>``, optimizer settings under the method's own ``optimizer`` (laid over the
-    recipe's, so the other methods of a recipe keep theirs)."""
-    return [f"methods.{label}.{key}={json.dumps(value)}" for key, value in params.items()]
-
-
-# ---------------------------------------------------------------------------------------------
 # Training one method
 
 
@@ -218,7 +124,7 @@ def fit_method(recipe: Recipe, label: str, datamodule: Any, teacher: Teacher | N
     """
     component = recipe.methods[label]
     L.seed_everything(recipe.seed, verbose=False)
-    student_model, teacher_model = build_models(recipe.data, recipe.student, recipe.teacher)
+    student_model, teacher_model = build_models(recipe.data, recipe.student, recipe.teacher, datamodule)
     model = teacher_model if component.target.trains == "teacher" else student_model
     method = component.target(student=model, teacher=teacher if component.target.needs_teacher else None,
                               optimizer=component.optimizer or recipe.optimizer, **component.kwargs)
@@ -379,7 +285,7 @@ def tune(
             raw["evaluation"] = {}
         raw["evaluation"]["score_split"] = "val"  # the only split a study may score on
     full = _load_raw(raw)
-    space = build_space(method_cls, label, list(spaces), fixed=_fixed_by_set(overrides, label))
+    space = build_space(method_cls, label, list(spaces), fixed=fixed_by_set(overrides, label))
     if not space:
         raise TuneError(f"the search space of '{label}' is empty (every parameter is fixed or off); give one with --space KEY=LOW:HIGH.")
 
@@ -419,7 +325,7 @@ def tune(
                  + yaml.safe_dump(base.resolved, sort_keys=False))
     from anydistill.runner import build_teacher
 
-    _, pretrained = build_models(base.data, base.student, base.teacher)
+    _, pretrained = build_models(base.data, base.student, base.teacher, datamodule)
     teacher = build_teacher(base, pretrained) if method_cls.needs_teacher else None
     evaluator = None
     if scores_with_evaluator:
@@ -474,7 +380,7 @@ def tune(
         study.optimize(objective, n_trials=1, catch=(TrainingError,), gc_after_trial=False)
         last = study.trials[-1]
         finished = _count(study)
-        printer(_progress_line(study, last, finished, trials, metric or monitor))
+        printer(progress_line(study, last, finished, trials, metric or monitor))
         write_outputs(study, run_dir, label, space, metric or monitor, plots=False, base_path=base_path)
     if finished < trials:
         raise TuneError(f"{attempts} trials ran but only {finished} finished (the others failed: see trials.csv); "
@@ -483,145 +389,8 @@ def tune(
     return TuneResult(run_dir, study, best_value, best_params, trial_overrides(label, best_params))
 
 
-def _fixed_by_set(overrides: list[str], label: str) -> set[str]:
-    """Search-space keys that ``--set`` fixes: ``methods.<label>.<key>``, ``methods.<label>.optimizer.<key>``
-    and ``optimizer.<key>`` (the recipe-wide optimizer) become ``<key>`` / ``optimizer.<key>``."""
-    fixed = set()
-    for assignment in overrides:
-        key = assignment.partition("=")[0]
-        if key.startswith(f"methods.{label}."):
-            fixed.add(key.removeprefix(f"methods.{label}."))
-        elif key.startswith("optimizer."):
-            fixed.add(key)
-    return fixed
-
-
 def _count(study: Any) -> int:
     return sum(t.state.name in FINISHED for t in study.trials)
-
-
-def _short(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def _progress_line(study: Any, trial: Any, finished: int, trials: int, metric: str) -> str:
-    state = trial.state.name
-    if state == "PRUNED" and trial.intermediate_values:
-        epoch, last = max(trial.intermediate_values.items())
-        value = f"{metric} {last:.4f} at epoch {epoch}"
-    else:
-        value = f"{metric} {trial.value:.4f}" if trial.value is not None else "no score"
-    try:
-        best = f"best {study.best_value:.4f} (#{study.best_trial.number})"
-    except ValueError:
-        best = "no best yet"
-    params = " ".join(f"{k}={_short(v)}" for k, v in trial.params.items())
-    seconds = trial.duration.total_seconds() if trial.duration else 0.0
-    return f"[{finished}/{trials}] trial #{trial.number} {state:<8} {value}  {best}  {params}  ({seconds:.1f} s)"
-
-
-def write_outputs(study: Any, run_dir: Path, label: str, space: dict[str, Space], metric: str, *, plots: bool,
-                  base_path: Path) -> tuple[dict[str, Any], float | None]:
-    """trials.csv and best.yaml (and, with ``plots``, the PNGs); returns (best params, best value)."""
-    keys = list(dict.fromkeys([*space, *(k for t in study.trials for k in t.params)]))
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["number", "state", *keys, "value", "duration_s", "last_epoch"])
-    for t in study.trials:
-        last_epoch = max(t.intermediate_values) if t.intermediate_values else ""
-        writer.writerow([t.number, t.state.name, *(t.params.get(k, "") for k in keys),
-                         "" if t.value is None else t.value,
-                         "" if t.duration is None else round(t.duration.total_seconds(), 3), last_epoch])
-    write_atomic(run_dir / "trials.csv", buffer.getvalue())
-    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
-    if not complete:
-        return {}, None
-    best = study.best_trial
-    entry: dict[str, Any] = {}
-    for key, value in best.params.items():
-        if key.startswith("optimizer."):
-            entry.setdefault("optimizer", {})[key.split(".", 1)[1]] = value
-        else:
-            entry[key] = value
-    sets = " ".join(f"--set {s}" for s in trial_overrides(label, best.params))
-    header = (f"# Best of {len(complete)} complete trials of study {study.study_name}: validation {metric} {best.value:.4f} "
-              f"(trial #{best.number}).\n# Merge into the recipe, or run: anydistill run {base_path} {sets}\n")
-    write_atomic(run_dir / "best.yaml", header + yaml.safe_dump({"methods": {label: entry}}, sort_keys=False))
-    if plots:
-        plot_study(study, run_dir / "plots", metric)
-    return dict(best.params), float(best.value)
-
-
-def plot_study(study: Any, folder: Path, metric: str) -> None:
-    """history.png (every trial's score and the best so far), importance.png (Optuna's default
-    importance evaluator, when at least two trials completed) and parallel.png (parameters against score)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import optuna
-
-    folder.mkdir(parents=True, exist_ok=True)
-    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
-    pruned = [t for t in study.trials if t.state.name == "PRUNED" and t.intermediate_values]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.scatter([t.number for t in complete], [t.value for t in complete], s=18, label="complete")
-    if pruned:
-        ax.scatter([t.number for t in pruned], [list(t.intermediate_values.values())[-1] for t in pruned], marker="x",
-                   color="grey", label="pruned (last epoch)")
-    best, line = None, []
-    for t in complete:
-        best = t.value if best is None else (max if maximize else min)(best, t.value)
-        line.append((t.number, best))
-    if line:
-        ax.step(*zip(*line), where="post", color="C3", label="best so far")
-    ax.set(xlabel="trial", ylabel=f"validation {metric}", title=study.study_name)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(folder / "history.png", dpi=110)
-    plt.close(fig)
-
-    params = sorted({k for t in complete for k in t.params})
-    if len(complete) >= 2 and params:
-        try:
-            with warnings.catch_warnings():  # on a few trials it warns that all importances are equal: the plot shows it
-                warnings.simplefilter("ignore")
-                importances = optuna.importance.get_param_importances(study)
-        except (RuntimeError, ValueError):  # e.g. every completed trial has the same score
-            importances = {}
-        if importances:
-            fig, ax = plt.subplots(figsize=(6, 0.5 + 0.4 * len(importances)))
-            names = list(importances)[::-1]
-            ax.barh(names, [importances[n] for n in names])
-            ax.set(xlabel="importance (Optuna's PED-ANOVA, normalised)", title=f"{study.study_name}: parameter importances")
-            fig.tight_layout()
-            fig.savefig(folder / "importance.png", dpi=110)
-            plt.close(fig)
-    if len(complete) >= 2 and params:
-        fig, ax = plt.subplots(figsize=(1.6 * len(params) + 2, 3.5))
-        values = [t.value for t in complete]
-        low, high = min(values), max(values)
-        cmap = plt.get_cmap("viridis")
-        for t in complete:
-            ys = []
-            for p in params:
-                column = [u.params.get(p) for u in complete if isinstance(u.params.get(p), int | float)]
-                v = t.params.get(p)
-                if not isinstance(v, int | float) or not column:
-                    ys.append(float("nan"))
-                    continue
-                log = isinstance(study.trials[t.number].distributions.get(p), optuna.distributions.FloatDistribution) and \
-                    study.trials[t.number].distributions[p].log
-                f = math.log if log else (lambda x: x)
-                lo, hi = f(min(column)), f(max(column))
-                ys.append(0.5 if hi == lo else (f(v) - lo) / (hi - lo))
-            ax.plot(range(len(params)), ys, color=cmap(0.5 if high == low else (t.value - low) / (high - low)), alpha=0.8)
-        ax.set_xticks(range(len(params)), params, rotation=20, fontsize=8)
-        ax.set(ylabel="position in the range tried", title=f"{study.study_name}: parameters (colour: {metric})")
-        fig.tight_layout()
-        fig.savefig(folder / "parallel.png", dpi=110)
-        plt.close(fig)
 
 
 __all__ = ["ReportToTrial", "TuneError", "TuneResult", "build_space", "check_space", "fit_method", "tune"]
