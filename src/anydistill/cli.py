@@ -203,8 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="run a family's demo recipe: teacher, baseline and distilled student, in a few minutes on a CPU",
         description="classifier: pretrained MNIST teacher into a 32x smaller CNN (KD vs scratch); lm: Shakespeare GPT-2 "
                     "trained here into a 1-layer student (token KD vs SFT); diffusion: 2-D flow teacher trained here "
-                    "into a 1-step generator (reflow vs the teacher at equal steps); dataset: 8x8 digits into 10 "
-                    "images per class (DM vs random subset and herding). Each runs recipes/demo/<family>.yaml.")
+                    "into a 1-step generator (reflow vs the teacher at equal steps); dataset: 8x8 digits into 1 "
+                    "image per class (DM vs random real images and herding). Each runs recipes/demo/<family>.yaml.")
     demo.add_argument("family", nargs="?", default="classifier", choices=DEMO_FAMILIES, help="which demo (default: classifier)")
     demo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key, e.g. trainer.max_epochs=1")
     demo.add_argument("--name", help="run directory name (default: the recipe's name, suffixed if taken)")

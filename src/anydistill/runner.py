@@ -32,6 +32,8 @@ from anydistill.report import write_report
 # Lightning's advice for multi-core data loading does not apply to in-memory tensors.
 warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 warnings.filterwarnings("ignore", message=".*`training_step` returned `None`.*")
+# Lightning's own use of a torch API that torch 2.13 deprecated; nothing a user can act on.
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
 
 def is_main_process() -> bool:

@@ -95,6 +95,7 @@ def test_local_bert_teacher_and_student_on_text_then_reload_with_transformers(tm
     ids = torch.tensor([[2, 5, 7, 3, 0, 0, 0, 0], [2, 9, 6, 11, 8, 3, 0, 0]])
     reloaded = AutoModelForSequenceClassification.from_pretrained(export, local_files_only=True).eval()
     assert reloaded.config.num_hidden_layers == 1
+    assert reloaded.config.id2label == {0: "neg", 1: "neu", 2: "pos"}  # the data's string labels, in index order
     assert torch.allclose(reloaded(input_ids=ids, attention_mask=(ids != 0).long()).logits, ours.eval()(ids), atol=1e-6)
 
 

@@ -115,5 +115,10 @@ class ClassifierEvaluator(Evaluator):
         path = export_model(model, spec, directory)
         save_pretrained = getattr(model, "save_pretrained", None)
         if callable(save_pretrained):
+            hf_config = getattr(getattr(model, "hf", None), "config", None)
+            names = getattr(self.data, "class_names", None)  # string labels of the user's files, in index order
+            if hf_config is not None and names and len(names) == hf_config.num_labels:
+                hf_config.id2label = dict(enumerate(names))  # the exported config.json names the classes
+                hf_config.label2id = {name: i for i, name in enumerate(names)}
             save_pretrained(directory)
         return path

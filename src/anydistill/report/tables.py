@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import re
 from collections.abc import Mapping, Sequence
 from numbers import Real
 
@@ -40,6 +41,7 @@ HEADERS = {
     "accuracy_std": "± std (%)",
     "gap_closed": "gap closed",
     "train_time_s": "train time (s)",
+    "eval_s_per_model": "s to train a model on it",
 }
 
 
@@ -126,12 +128,31 @@ def headline_columns(metrics: Mapping[str, Mapping[str, object]], patterns: Sequ
     return list(dict.fromkeys(key for pattern in patterns for key in columns if fnmatch.fnmatchcase(key, pattern)))
 
 
+def rows_per_step(metrics: Mapping[str, Mapping[str, object]], columns: Sequence[str]) -> tuple[dict[str, dict[str, object]], list[str]]:
+    """Metrics measured at several step counts (``swd@1``, ``swd@4``...) as one row per model and
+    step count (``"teacher (4 steps)"``) with one column per metric (``swd``), the other columns
+    (``params``) repeated: a few rows read better than one column per metric and step.
+    ``({label: {column: value}}, columns)``; unchanged when no column has a step count."""
+    stepped = [c for c in columns if re.fullmatch(r".+@\d+", c)]
+    if not stepped:
+        return {k: dict(v) for k, v in metrics.items()}, list(columns)
+    bases = list(dict.fromkeys(c.rsplit("@", 1)[0] for c in stepped))
+    plain = [c for c in columns if c not in stepped]
+    rows: dict[str, dict[str, object]] = {}
+    for label, entry in metrics.items():
+        for steps in sorted({int(c.rsplit("@", 1)[1]) for c in stepped if _is_number(entry.get(c))}):
+            name = label if steps == 0 else f"{label} ({steps} step{'s' if steps > 1 else ''})"  # 0: the data itself
+            rows[name] = {**{b: entry.get(f"{b}@{steps}") for b in bases}, **{p: entry.get(p) for p in plain}}
+    return rows, [*bases, *plain]
+
+
 def console_table(metrics: Mapping[str, Mapping[str, object]], title: str | None = None, columns: Sequence[str] = ()) -> Table:
     """Render ``metrics`` as a rich ``Table`` for the CLI, same cells as ``metrics_table``; with
-    ``columns`` (an evaluator's ``headline`` patterns) only those, the rest counted in a caption."""
+    ``columns`` (an evaluator's ``headline`` patterns) only those, the rest counted in a caption.
+    Metrics at several step counts get a row per model and step count (`rows_per_step`)."""
     shown = headline_columns(metrics, columns)
     hidden = len(metric_columns(metrics)) - len(shown)
-    headers, rows = table_rows(metrics, shown)
+    headers, rows = table_rows(*rows_per_step(metrics, shown))
     table = Table(title=title, caption=f"{hidden} more columns in report.md" if hidden else None)
     table.add_column(headers[0], justify="left", style="bold", no_wrap=True)
     for name in headers[1:]:

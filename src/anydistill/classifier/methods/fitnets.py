@@ -21,7 +21,8 @@ def build_regressor(student_shape: torch.Size, teacher_shape: torch.Size) -> nn.
 
     Conv maps [B, Cs, Hs, Ws] -> [B, Ct, Ht, Wt] use the paper's convolutional regressor, whose
     kernel (Hs - Ht + 1, Ws - Wt + 1) makes the spatial sizes agree without padding; flat
-    features [B, Ds] -> [B, Dt] use a linear regressor.
+    features [B, Ds] -> [B, Dt] use a linear regressor, and token features [B, L, Ds] ->
+    [B, L, Dt] (a transformer block's hidden states) the same linear map at every position.
     """
     if len(student_shape) == 4 and len(teacher_shape) == 4:
         kernel = (student_shape[2] - teacher_shape[2] + 1, student_shape[3] - teacher_shape[3] + 1)
@@ -33,6 +34,8 @@ def build_regressor(student_shape: torch.Size, teacher_shape: torch.Size) -> nn.
         return nn.Conv2d(student_shape[1], teacher_shape[1], kernel_size=kernel)
     if len(student_shape) == 2 and len(teacher_shape) == 2:
         return nn.Linear(student_shape[1], teacher_shape[1])
+    if len(student_shape) == 3 and len(teacher_shape) == 3 and student_shape[1] == teacher_shape[1]:
+        return nn.Linear(student_shape[2], teacher_shape[2])  # nn.Linear maps the last dimension
     raise ValueError(f"FitNets cannot regress a {tuple(student_shape[1:])} output onto a {tuple(teacher_shape[1:])} hint.")
 
 
