@@ -3,7 +3,6 @@ and the on-policy methods (gkd, seq-kd) and cached lm-kd running on it."""
 
 from __future__ import annotations
 
-import json
 
 import pytest
 import torch

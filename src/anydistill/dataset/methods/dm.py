@@ -12,7 +12,6 @@ initialisation, DSA in the paper). No network is trained and no second-order gra
 
 from __future__ import annotations
 
-from typing import ClassVar
 
 import torch
 
