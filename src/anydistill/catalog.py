@@ -279,8 +279,8 @@ def load_recipe(path_or_name: str, overrides: list[str] = ()) -> Recipe:
             module.setup()
             return module
 
-        files_data = None  # a source over the user's files is read here: its shapes come from them
-        if shapes_known_after_setup(data):
+        files_data = None  # read here when its shapes come from its files or its labelled rows are drawn
+        if shapes_known_after_setup(data) or data.kwargs.get("labelled_count") is not None:
             try:
                 files_data = set_up_data()
             except RecipeError as error:
@@ -310,6 +310,9 @@ def load_recipe(path_or_name: str, overrides: list[str] = ()) -> Recipe:
                 _check_method(label, component, teacher_model, student_model, input_shape, component.max_epochs or parsed.trainer.max_epochs, set_up_data,
                               problems, data_findings)
             problems += [f"methods.{', '.join(labels)}: {problem}" for problem, labels in data_findings.items()]
+            if evaluation is not None:
+                problems += [f"evaluation: {problem}" for problem in
+                             evaluation.target.model_problems(evaluation.kwargs, teacher_model=teacher_model, student_model=student_model)]
     if problems or parsed is None or evaluation is None:
         raise RecipeError([f"{source}: {p}" for p in problems])
     resolved = parsed.model_dump(mode="json")

@@ -153,6 +153,8 @@ def run_recipe(recipe: Recipe, run_dir: RunDir, *, resume: bool = False, command
             **component.kwargs
         )
         datamodule.attach_signals({})
+        if hasattr(datamodule, "use_unlabelled"):  # with data.labelled_count: every row, or the labelled ones
+            datamodule.use_unlabelled(component.target.unlabelled)
         if recipe.cache.enabled and component.target.needs_teacher:
             if signals is None:
                 signals, _, _ = open_or_build_cache(

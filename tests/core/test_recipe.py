@@ -239,6 +239,7 @@ def test_valid_recipe_loads_with_defaults_resolved(tmp_path):
     resolved = recipe.resolved
     assert resolved["data"] == {
         "name": "digits", "batch_size": 128, "eval_batch_size": 1024, "shuffle": True, "augment": False, "train_limit": None, "seed": 0,
+        "labelled_count": None, "labelled_seed": 0,
     }
     assert resolved["student"] == {"name": "mlp", "hidden": [16]}
     assert resolved["teacher"] == {"name": "small-cnn", "channels": [8, 16], "hidden": 64}

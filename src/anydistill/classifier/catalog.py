@@ -8,5 +8,15 @@ METHODS = {
     "fitnets": "anydistill.classifier.methods.fitnets:FitNets",
     "attention-transfer": "anydistill.classifier.methods.attention_transfer:AttentionTransfer",
     "dkd": "anydistill.classifier.methods.dkd:DKD",
+    "vid": "anydistill.classifier.methods.vid:VID",
+    "nst": "anydistill.classifier.methods.nst:NST",
+    "cc": "anydistill.classifier.methods.cc:CC",
+    "fsp": "anydistill.classifier.methods.fsp:FSP",
+    "crd": "anydistill.classifier.methods.crd:CRD",
+    "rkd": "anydistill.classifier.methods.rkd:RKD",
+    "pkt": "anydistill.classifier.methods.pkt:PKT",
+    "sp": "anydistill.classifier.methods.sp:SP",
+    "dist": "anydistill.classifier.methods.dist:DIST",
+    "logit-std": "anydistill.classifier.methods.logit_std:LogitStdKD",
 }
 EVALUATOR = "anydistill.classifier.evaluate:ClassifierEvaluator"

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from anydistill.core.method import DistillationMethod
+from anydistill.core.taps import capture_features
 from anydistill.core.teacher import TeacherOutput
 
 
@@ -29,3 +30,21 @@ def classifier_validation_step(method: DistillationMethod, batch: dict[str, torc
     method.log("val/loss", F.cross_entropy(logits.float(), batch["y"]), batch_size=size, sync_dist=True)
     accuracy = (logits.argmax(-1) == batch["y"]).float().mean()
     method.log("val/accuracy", accuracy, batch_size=size, prog_bar=True, sync_dist=True)
+
+
+def tapped_shapes(
+    method: DistillationMethod, student_taps: Sequence[str], teacher_taps: Sequence[str]
+) -> tuple[dict[str, torch.Size], dict[str, torch.Size]]:
+    """Shapes of the student's and the teacher's tapped outputs on two training rows, for a method
+    that builds auxiliary modules (regressors, embedding heads) in ``setup``. The student is probed
+    in eval mode without gradients, so that the probe moves no normalisation statistics."""
+    example = method.trainer.datamodule.split("train")[0][:2]
+    was_training = method.student.training
+    method.student.eval()
+    try:
+        with torch.no_grad(), capture_features(method.student, student_taps) as student_features:
+            method.student(example)
+    finally:
+        method.student.train(was_training)
+    teacher_features = method.teacher(example, taps=teacher_taps).features if teacher_taps else {}
+    return ({p: v.shape for p, v in student_features.items()}, {p: v.shape for p, v in teacher_features.items()})

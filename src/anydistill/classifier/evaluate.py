@@ -10,8 +10,10 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from anydistill.classifier.cka import linear_cka
 from anydistill.core.evaluator import Evaluator
 from anydistill.core.export import export_model
+from anydistill.core.taps import capture_features, find_module
 from anydistill.core.teacher import Teacher
 
 
@@ -56,6 +58,26 @@ def latency_ms(model: nn.Module, x: torch.Tensor, batch_size: int = 256, repeats
     return statistics.median(times)
 
 
+@torch.no_grad()
+def layer_features(model: nn.Module, x: torch.Tensor, paths: list[str], batch_size: int = 1024) -> dict[str, torch.Tensor]:
+    """The outputs of the modules at ``paths`` for inputs ``x`` [N, ...], each flattened to [N, D]
+    (float32, on CPU), from eval-mode forwards in batches of ``batch_size``."""
+    was_training = model.training
+    model.eval()
+    reference = next(model.parameters(), None)
+    chunks: dict[str, list[torch.Tensor]] = {path: [] for path in paths}
+    for start in range(0, x.shape[0], batch_size):
+        batch = x[start : start + batch_size]
+        if reference is not None:
+            batch = batch.to(reference.device, reference.dtype if batch.is_floating_point() else batch.dtype)
+        with capture_features(model, paths) as captured:
+            model(batch)
+        for path in paths:
+            chunks[path].append(captured[path].flatten(1).float().cpu())
+    model.train(was_training)
+    return {path: torch.cat(values) for path, values in chunks.items()}
+
+
 def evaluate_classifier(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, teacher_predictions: torch.Tensor | None = None
 ) -> dict[str, float]:
@@ -87,15 +109,50 @@ class ClassifierEvaluator(Evaluator):
     Args:
         score_split: the split the metrics are computed on: "test" for reported numbers, "val"
             to choose settings (`anydistill tune`): then the test split is never read.
+        cka_pairs: ``[[teacher_layer, student_layer], ...]`` module paths (as feature taps name
+            them) whose representations of the score split are compared with linear CKA
+            (`anydistill.classifier.cka.linear_cka`, outputs flattened to [N, D]): each student and
+            baseline row gets ``cka/<teacher_layer>~<student_layer>`` (the teacher's own row does
+            not). Off by default; the teacher's features are kept for the whole run (N x D floats).
     """
 
     def __init__(self, data: Any, student_spec: dict[str, Any] | None = None, data_name: str | None = None,
-                 score_split: Literal["val", "test"] = "test"):
+                 score_split: Literal["val", "test"] = "test", cka_pairs: list[list[str]] | None = None):
         super().__init__(data, student_spec, data_name)
         self.score_split = score_split
+        self.cka_pairs = [(teacher_layer, student_layer) for teacher_layer, student_layer in cka_pairs or []]
         self.x_test, self.y_test = data.split(score_split)
         self.x_val, self.y_val = data.split("val")
         self._teacher_predictions: dict[int, torch.Tensor] = {}  # by id of the teacher network
+        self._teacher_features: dict[int, dict[str, torch.Tensor]] = {}  # the same, for cka_pairs
+
+    @classmethod
+    def settings_problems(cls, settings: dict[str, Any]) -> list[str]:
+        return [f"cka_pairs: each entry is [teacher_layer, student_layer]; got {pair}."
+                for pair in settings.get("cka_pairs") or [] if len(pair) != 2]
+
+    @classmethod
+    def model_problems(cls, settings: dict[str, Any], *, teacher_model: nn.Module | None, student_model: nn.Module | None) -> list[str]:
+        pairs = settings.get("cka_pairs") or []
+        if pairs and teacher_model is None:
+            return ["cka_pairs: compares a student with the teacher; add a `teacher:` section."]
+        problems = []
+        for role, model, paths in (("teacher", teacher_model, {p[0] for p in pairs}), ("student", student_model, {p[1] for p in pairs})):
+            for path in sorted(paths) if model is not None else []:
+                try:
+                    find_module(model, path)
+                except LookupError as error:
+                    problems.append(f"cka_pairs: the {role}'s {error}")
+        return problems
+
+    def cka(self, model: nn.Module, teacher: Teacher) -> dict[str, float]:
+        """``cka/<teacher_layer>~<student_layer>``: linear CKA of each pair on the score split."""
+        key = id(teacher.model)
+        if key not in self._teacher_features:
+            self._teacher_features[key] = layer_features(teacher.model, self.x_test, sorted({t for t, _ in self.cka_pairs}))
+        student = layer_features(model, self.x_test, sorted({s for _, s in self.cka_pairs}))
+        reference = self._teacher_features[key]
+        return {f"cka/{t}~{s}": float(linear_cka(reference[t], student[s])) for t, s in self.cka_pairs}
 
     def evaluate(self, model: nn.Module, teacher: Teacher | None, method: str) -> dict[str, Any]:
         reference = None
@@ -105,7 +162,10 @@ class ClassifierEvaluator(Evaluator):
                 self._teacher_predictions[key] = predict_logits(teacher.model, self.x_test).argmax(-1)
             reference = self._teacher_predictions[key]
         val_accuracy = float((predict_logits(model, self.x_val).argmax(-1) == self.y_val).float().mean())
-        return {**evaluate_classifier(model, self.x_test, self.y_test, reference), "val_accuracy": val_accuracy}
+        row = {**evaluate_classifier(model, self.x_test, self.y_test, reference), "val_accuracy": val_accuracy}
+        if self.cka_pairs and teacher is not None and model is not teacher.model:
+            row.update(self.cka(model, teacher))
+        return row
 
     def export(self, model: nn.Module, spec: dict[str, Any], directory: Path, method: str) -> Path:
         """``model.safetensors`` + ``model.json``; a wrapped Hugging Face classifier (one with

@@ -34,6 +34,12 @@ class Evaluator:
         """Problems with the recipe's ``evaluation:`` values beyond their types (ranges, combinations)."""
         return []
 
+    @classmethod
+    def model_problems(cls, settings: dict[str, Any], *, teacher_model: nn.Module | None, student_model: nn.Module | None) -> list[str]:
+        """Problems with the ``evaluation:`` values given the recipe's built (untrained) models, e.g.
+        module paths they lack; checked by `validate` before anything is trained."""
+        return []
+
     def baselines(self, skip: set[str]) -> dict[str, dict[str, Any]]:
         """Rows measured once per run without any method (random subsets, full data...): ``label -> row``.
         Labels in ``skip`` are already measured (a resumed run) and are not measured again."""

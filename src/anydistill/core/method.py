@@ -30,6 +30,9 @@ class DistillationMethod(L.LightningModule):
         needs_teacher: whether a recipe must name a teacher.
         trains: "student", or "teacher" for the method that trains a teacher from labels.
         baseline: a reference the students are compared with (``scratch``), not a distillation.
+        unlabelled: the method learns from the teacher's signals on any input, so with a data
+            source's ``labelled_count`` it sees every training row (labels -100 outside the
+            labelled ones, which its label terms ignore); methods without it see the labelled rows only.
         own_loop: the method draws its own batches (e.g. class-balanced real images for dataset
             distillation): the runner calls `attach_data` and then fits with the method's own
             ``train_dataloader`` instead of the data module's loaders.
@@ -42,6 +45,7 @@ class DistillationMethod(L.LightningModule):
     trains: ClassVar[str] = "student"
     baseline: ClassVar[bool] = False
     own_loop: ClassVar[bool] = False
+    unlabelled: ClassVar[bool] = False
 
     def __init__(self, student: nn.Module, teacher: Teacher | None = None, optimizer: OptimizerSpec | None = None):
         super().__init__()

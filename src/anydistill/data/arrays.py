@@ -117,8 +117,10 @@ class ArrayClassificationData(TensorClassificationData):
         augment: bool = False,
         train_limit: PositiveInt | None = None,
         seed: int = 0,
+        labelled_count: PositiveInt | None = None,
+        labelled_seed: int = 0,
     ):
-        super().__init__(batch_size, eval_batch_size, shuffle, augment, train_limit, seed)
+        super().__init__(batch_size, eval_batch_size, shuffle, augment, train_limit, seed, labelled_count=labelled_count, labelled_seed=labelled_seed)
         self.val_fraction, self.test_fraction, self.split_seed = val_fraction, test_fraction, split_seed
         self.standardize = standardize
         self.class_names: list[str] | None = None

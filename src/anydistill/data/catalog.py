@@ -8,6 +8,7 @@ DATA = {
     "wine": "anydistill.data.sklearn_tables:WineData",
     "breast-cancer": "anydistill.data.sklearn_tables:BreastCancerData",
     "mnist": "anydistill.data.mnist:MNISTData",
+    "mnist1d": "anydistill.data.mnist1d:MNIST1DData",
     "toy2d": "anydistill.data.toy2d:Toy2DData",
     "toy2d-conditional": "anydistill.data.toy2d:Toy2DConditionalData",
     "digits-generation": "anydistill.data.digits_generation:DigitsGenerationData",

@@ -66,9 +66,11 @@ class ImageFolderData(ArrayClassificationData):
         augment: bool = False,
         train_limit: PositiveInt | None = None,
         seed: int = 0,
+        labelled_count: PositiveInt | None = None,
+        labelled_seed: int = 0,
     ):
         super().__init__(val_fraction, test_fraction, split_seed, standardize, batch_size, eval_batch_size, shuffle, augment,
-                         train_limit, seed)
+                         train_limit, seed, labelled_count=labelled_count, labelled_seed=labelled_seed)
         self.roots = {name: path for name, path in (("train", train), ("val", val), ("test", test)) if path is not None}
         self.size = (size, size) if isinstance(size, int) else tuple(size)
         self.mode = mode

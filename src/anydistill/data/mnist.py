@@ -10,7 +10,7 @@ import torch
 
 from anydistill.core.errors import MissingPackageError
 from anydistill.core.recipe import PositiveInt
-from anydistill.data.tensor_data import TensorClassificationData
+from anydistill.data.tensor_data import TensorClassificationData, balanced_subset
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
@@ -67,9 +67,11 @@ class MNISTData(TensorClassificationData):
         augment: bool = False,
         train_limit: PositiveInt | None = None,
         seed: int = 0,
+        labelled_count: PositiveInt | None = None,
+        labelled_seed: int = 0,
         train_subset: PositiveInt | None = None,
     ):
-        super().__init__(batch_size, eval_batch_size, shuffle, augment, train_limit, seed)
+        super().__init__(batch_size, eval_batch_size, shuffle, augment, train_limit, seed, labelled_count=labelled_count, labelled_seed=labelled_seed)
         self.train_subset = train_subset
 
     def load_splits(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -82,15 +84,3 @@ class MNISTData(TensorClassificationData):
             rows = balanced_subset(y, self.train_subset, self.num_classes)
             splits["train"] = (x[rows], y[rows])
         return splits
-
-
-def balanced_subset(y: torch.Tensor, size: int, num_classes: int, seed: int = 0) -> torch.Tensor:
-    """Sorted row indices of ``size`` rows of ``y`` [N], ``size // num_classes`` per class (the
-    remainder to the lowest classes), each class's rows a seeded random draw."""
-    generator = torch.Generator().manual_seed(seed)
-    rows = []
-    for label in range(num_classes):
-        members = (y == label).nonzero().squeeze(1)
-        take = size // num_classes + (1 if label < size % num_classes else 0)
-        rows.append(members[torch.randperm(len(members), generator=generator)[:take]])
-    return torch.cat(rows).sort().values

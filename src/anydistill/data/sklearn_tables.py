@@ -53,10 +53,12 @@ class SklearnTableData(TensorClassificationData):
         shuffle: bool = True,
         train_limit: PositiveInt | None = None,
         seed: int = 0,
+        labelled_count: PositiveInt | None = None,
+        labelled_seed: int = 0,
         split_seed: int = 0,
     ):
         super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, shuffle=shuffle, augment=False,
-                         train_limit=train_limit, seed=seed)
+                         train_limit=train_limit, seed=seed, labelled_count=labelled_count, labelled_seed=labelled_seed)
         self.split_seed = split_seed
 
     def load_splits(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

@@ -26,26 +26,31 @@ class EpochShuffleSampler(Sampler[int]):
         shuffle: a fresh permutation every epoch, or the rows in order.
         rank, world_size: this process's rank and the number of processes (the order is padded by
             wrapping around so every rank gets the same number of rows, as DistributedSampler does).
+        epoch_rows: rows per epoch when it differs from ``num_rows``: successive permutations of
+            the rows are concatenated up to it (a labelled subset then takes as many steps per
+            epoch as the whole training split).
     """
 
-    def __init__(self, num_rows: int, seed: int, shuffle: bool = True, rank: int = 0, world_size: int = 1):
+    def __init__(self, num_rows: int, seed: int, shuffle: bool = True, rank: int = 0, world_size: int = 1,
+                 epoch_rows: int | None = None):
         self.num_rows, self.seed, self.shuffle = num_rows, seed, shuffle
         self.rank, self.world_size = rank, world_size
+        self.epoch_rows = epoch_rows or num_rows
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return -(-self.num_rows // self.world_size)
+        return -(-self.epoch_rows // self.world_size)
 
     def __iter__(self):
-        if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-            order = torch.randperm(self.num_rows, generator=generator).tolist()
-        else:
-            order = list(range(self.num_rows))
-        order += order[: len(self) * self.world_size - self.num_rows]
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order: list[int] = []
+        while len(order) < self.epoch_rows:
+            order += torch.randperm(self.num_rows, generator=generator).tolist() if self.shuffle else list(range(self.num_rows))
+        order = order[: self.epoch_rows]
+        order += order[: len(self) * self.world_size - self.epoch_rows]
         return iter(order[self.rank :: self.world_size])
 
 
@@ -61,6 +66,21 @@ def random_shift(x: torch.Tensor, max_shift: int) -> torch.Tensor:
         dy, dx = divmod(code, span)
         out[rows] = padded[rows, :, dy : dy + h, dx : dx + w]
     return out
+
+
+def balanced_subset(y: torch.Tensor, size: int, num_classes: int, seed: int = 0) -> torch.Tensor:
+    """Sorted row indices of ``size`` rows of ``y`` [N], ``size // num_classes`` per class (the
+    remainder to the lowest classes), each class's rows a seeded random draw."""
+    generator = torch.Generator().manual_seed(seed)
+    rows = []
+    for label in range(num_classes):
+        members = (y == label).nonzero().squeeze(1)
+        take = size // num_classes + (1 if label < size % num_classes else 0)
+        rows.append(members[torch.randperm(len(members), generator=generator)[:take]])
+    return torch.cat(rows).sort().values
+
+
+IGNORE_LABEL = -100  # F.cross_entropy's ignore_index: a training row whose label a method may not read
 
 
 class IndexedTensors(torch.utils.data.Dataset):
@@ -105,6 +125,12 @@ class TensorClassificationData(L.LightningDataModule):
             cache cannot be used with it (the teacher would have to see the shifted inputs).
         train_limit: keep only the first N training rows (quick experiments, tests).
         seed: the shuffling seed.
+        labelled_count: keep the labels of only this many training rows (a stratified draw seeded
+            by ``labelled_seed``; Hinton et al.'s transfer set): methods that learn from the
+            teacher's signals (``DistillationMethod.unlabelled``) see every row, the others (the
+            scratch baseline, a teacher trained in the run) only the labelled ones.
+        labelled_seed: the seed of that draw (independent of the run's seed, so every seed of a
+            benchmark sees the same labelled rows).
     """
 
     input_shape: ClassVar[tuple[int, ...]] = ()
@@ -120,12 +146,17 @@ class TensorClassificationData(L.LightningDataModule):
         augment: bool = False,
         train_limit: PositiveInt | None = None,
         seed: int = 0,
+        labelled_count: PositiveInt | None = None,
+        labelled_seed: int = 0,
     ):
         super().__init__()
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.shuffle, self.augment, self.train_limit, self.seed = shuffle, augment, train_limit, seed
+        self.labelled_count, self.labelled_seed = labelled_count, labelled_seed
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.signals: dict[str, torch.Tensor] = {}
+        self.labelled_rows: torch.Tensor | None = None  # set in setup when labelled_count is
+        self.serve_unlabelled = False
 
     @classmethod
     def missing_package(cls) -> str | None:
@@ -148,7 +179,32 @@ class TensorClassificationData(L.LightningDataModule):
             if self.train_limit is not None:
                 x, y = splits["train"]
                 splits["train"] = (x[: self.train_limit], y[: self.train_limit])
+            if self.labelled_count is not None:
+                y = splits["train"][1]
+                classes = self.num_classes or (int(y.max()) + 1 if len(y) else 0)
+                if self.labelled_count > len(y) or self.labelled_count < classes:
+                    raise ValueError(f"data.labelled_count={self.labelled_count}: give between {classes} (one per class) and "
+                                     f"{len(y)} (the training split's rows).")
+                self.labelled_rows = balanced_subset(y, self.labelled_count, classes, self.labelled_seed)
             self.splits = splits
+
+    def use_unlabelled(self, flag: bool) -> None:
+        """Serve every training row (labels of the rows outside ``labelled_count`` set to -100) to a
+        method that learns from teacher signals, or only the labelled rows to one that does not.
+        Without ``labelled_count`` every row is labelled and served either way."""
+        self.serve_unlabelled = flag
+
+    def training_rows(self) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """The (x, y, signals) the training loader serves (see `use_unlabelled`)."""
+        x, y = self.split("train")
+        if self.labelled_rows is None:
+            return x, y, self.signals
+        if self.serve_unlabelled:
+            masked = torch.full_like(y, IGNORE_LABEL)
+            masked[self.labelled_rows] = y[self.labelled_rows]
+            return x, masked, self.signals
+        rows = self.labelled_rows
+        return x[rows], y[rows], {name: values[rows] for name, values in self.signals.items()}
 
     def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """The (x, y) tensors of split ``name`` ("train", "val" or "test")."""
@@ -164,11 +220,13 @@ class TensorClassificationData(L.LightningDataModule):
         self.signals = signals
 
     def train_dataloader(self) -> DataLoader:
-        x, y = self.split("train")
-        dataset = IndexedTensors(x, y, self.signals, max_shift=2 if self.augment else 0)
+        x, y, signals = self.training_rows()
+        dataset = IndexedTensors(x, y, signals, max_shift=2 if self.augment else 0)
         # The engine turns off Lightning's sampler injection (whose DDP sampler always shuffles).
         rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
-        sampler = EpochShuffleSampler(len(dataset), self.seed, self.shuffle, rank, world_size)
+        # An epoch is as long as the whole training split for every method: a baseline on the
+        # labelled rows alone takes as many steps as a method that sees them all.
+        sampler = EpochShuffleSampler(len(dataset), self.seed, self.shuffle, rank, world_size, epoch_rows=len(self.split("train")[1]))
         return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, collate_fn=_already_batched)
 
     def _eval_loader(self, name: str) -> DataLoader:

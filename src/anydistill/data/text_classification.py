@@ -68,8 +68,10 @@ class TextClassificationData(ArrayClassificationData):
         shuffle: bool = True,
         train_limit: PositiveInt | None = None,
         seed: int = 0,
+        labelled_count: PositiveInt | None = None,
+        labelled_seed: int = 0,
     ):
-        super().__init__(val_fraction, test_fraction, split_seed, False, batch_size, eval_batch_size, shuffle, False, train_limit, seed)
+        super().__init__(val_fraction, test_fraction, split_seed, False, batch_size, eval_batch_size, shuffle, False, train_limit, seed, labelled_count=labelled_count, labelled_seed=labelled_seed)
         self.path, self.val, self.test = path, val, test
         self.tokenizer_path, self.text, self.label, self.max_length = tokenizer, text, label, max_length
         self.pad_id: int | None = None

@@ -222,7 +222,8 @@ def mix_with_ce(distill_loss: Tensor, student_logits: Tensor, labels: Tensor, *,
     ``alpha`` weights the *soft* (distillation) term. torchdistill's ``KDLoss`` uses the opposite
     convention (its ``alpha`` weights the cross-entropy), so its ``alpha`` is our ``1 - alpha``.
     The cross-entropy is the mean over rows whose label is not ``-100`` (``F.cross_entropy``'s
-    default ``ignore_index``), at temperature 1. It is skipped when ``alpha == 1``.
+    default ``ignore_index``), at temperature 1; a batch without a labelled row (a transfer set's)
+    adds none. It is skipped when ``alpha == 1``.
 
     Args:
         distill_loss: scalar (0-dim) tensor, e.g. ``kd_kl(...)`` with a scalar reduction.
@@ -249,7 +250,10 @@ def mix_with_ce(distill_loss: Tensor, student_logits: Tensor, labels: Tensor, *,
     if alpha == 1:
         return distill_loss
     logits = _upcast(student_logits)
-    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
+    labels = labels.reshape(-1)
+    if not (labels != -100).any():  # no labelled row in this batch (a transfer set): the soft term alone
+        return alpha * distill_loss + 0.0 * logits.sum()
+    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels)
     return alpha * distill_loss + (1 - alpha) * ce
 
 

@@ -146,6 +146,8 @@ def fit_method(recipe: Recipe, label: str, datamodule: Any, teacher: Teacher | N
         callbacks=list(callbacks),
     )
     datamodule.attach_signals({})
+    if hasattr(datamodule, "use_unlabelled"):  # with data.labelled_count: every row, or the labelled ones
+        datamodule.use_unlabelled(component.target.unlabelled)
     if component.target.own_loop:
         method.attach_data(datamodule)
         trainer.fit(method)

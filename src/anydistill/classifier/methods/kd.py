@@ -27,6 +27,7 @@ class KD(DistillationMethod):
     paper = "Hinton, Vinyals & Dean 2015, Distilling the Knowledge in a Neural Network (arXiv:1503.02531)"
     # Hinton et al. report temperatures from 1 to 20 working, best around 2-8; alpha weights the soft term.
     search_space = {"temperature": LogUniform(1.0, 10.0), "alpha": Uniform(0.1, 0.95)}
+    unlabelled = True  # Hinton et al.'s transfer set: the soft term needs no label
 
     def __init__(
         self,
