@@ -18,5 +18,12 @@ METHODS = {
     "sp": "anydistill.classifier.methods.sp:SP",
     "dist": "anydistill.classifier.methods.dist:DIST",
     "logit-std": "anydistill.classifier.methods.logit_std:LogitStdKD",
+    "ickd": "anydistill.classifier.methods.ickd:ICKD",
+    "srd": "anydistill.classifier.methods.srd:SRD",
+    "reviewkd": "anydistill.classifier.methods.reviewkd:ReviewKD",
+    "ab": "anydistill.classifier.methods.ab:AB",
+    "kdsvd": "anydistill.classifier.methods.kdsvd:KDSVD",
+    "ofd": "anydistill.classifier.methods.ofd:OFD",
+    "ft": "anydistill.classifier.methods.ft:FT",
 }
 EVALUATOR = "anydistill.classifier.evaluate:ClassifierEvaluator"
