@@ -3,11 +3,13 @@
 scored once on the test split (mean ± std), with the teacher shared by all (trained once).
 
 Tracks (recipes): MNIST-1D, a 1-D CNN teacher into an MLP (`mnist1d/classic-losses`: the losses
-that apply to flat features); 8x8 digits, a CNN into a 4x narrower CNN (`digits/classic-losses`:
-conv-map losses too).
+that apply to flat features); 8x8 digits, a CNN into a 4x narrower CNN (`digits/classic-losses`,
+`digits/classic-losses-2`: conv-map losses too); `digits/fsp` and `digits/kdsvd`, whose losses
+need equal widths. `--name` names the results file (default `classic_losses`).
 
 Run: OMP_NUM_THREADS=1 .venv/bin/python benchmarks/classic_losses.py [--tracks mnist1d,digits] [--trials 6]
      -> results/classic_losses.{json,md}
+     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/classic_losses.py --tracks digits-2,digits-fsp,digits-kdsvd --name classic_losses_2
 """
 
 from __future__ import annotations
@@ -29,8 +31,11 @@ from anydistill.study.tune import fit_method, load_method_recipe, tune
 TRACKS = {  # name -> (recipe, student description)
     "mnist1d": ("mnist1d/classic-losses", "MNIST-1D: cnn1d teacher → MLP [256, 256]"),
     "digits": ("digits/classic-losses", "8x8 digits: small-cnn [16, 32] teacher → small-cnn [4, 8]"),
+    "digits-2": ("digits/classic-losses-2", "8x8 digits, pre-activation and multi-stage losses: small-cnn [16, 32] → [4, 8]"),
+    "digits-fsp": ("digits/fsp", "8x8 digits, equal widths for FSP: small-cnn [16, 32] h64 → [16, 32] h16"),
+    "digits-kdsvd": ("digits/kdsvd", "8x8 digits, equal widths for KD-SVD: small-cnn [16, 32] h64 → [16, 32] h16"),
 }
-WORK = Path("runs/classic_losses")
+RUNS = Path("runs")
 
 
 def test_row(recipe_name: str, label: str, overrides: list[str]) -> dict:
@@ -53,15 +58,17 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=6, help="validation trials per method, baselines included")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--only", default="", help="comma-separated method labels (default: every method of the recipe)")
+    parser.add_argument("--name", default="classic_losses", help="results/<name>.{json,md} and runs/<name>/")
     args = parser.parse_args()
+    work = RUNS / args.name
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     seeds = list(range(1, args.seeds + 1))
-    shutil.rmtree(WORK, ignore_errors=True)
+    shutil.rmtree(work, ignore_errors=True)
     payload = {"trials_per_method": args.trials, "seeds": seeds, "threads": torch.get_num_threads(), "tracks": {}}
     for track in args.tracks.split(","):
         recipe_name, title = TRACKS[track]
         started = time.perf_counter()
-        weights, teacher_acc, teacher_s = train_teacher(recipe_name, [], [], WORK / track)
+        weights, teacher_acc, teacher_s = train_teacher(recipe_name, [], [], work / track)
         print(f"{track}: teacher test accuracy {teacher_acc:.4f} ({teacher_s:.0f} s)", flush=True)
         common = [f"teacher.checkpoint={weights}"]
         labels = [m for m in _labels(recipe_name) if m != "teacher"]
@@ -70,8 +77,8 @@ def main() -> None:
         rows = {}
         for label in labels:
             t0 = time.perf_counter()
-            result = tune(recipe_name, label, args.trials, overrides=common, runs=WORK / track, study_name=f"{track}-{label}",
-                          storage=f"sqlite:///{WORK / 'tune.db'}", printer=lambda line: print("   ", line, flush=True))
+            result = tune(recipe_name, label, args.trials, overrides=common, runs=work / track, study_name=f"{track}-{label}",
+                          storage=f"sqlite:///{work / 'tune.db'}", printer=lambda line: print("   ", line, flush=True))
             tests = [test_row(recipe_name, label, common + result.best_overrides + [f"seed={s}", f"data.seed={s}"]) for s in seeds]
             states = [t.state.name for t in result.study.trials]
             rows[label] = {"best_val_accuracy": result.best_value, "best_params": result.best_params,
@@ -83,7 +90,7 @@ def main() -> None:
             print(f"  {track} {label}: test {100 * acc[0]:.2f} ± {100 * acc[1]:.2f} (val {result.best_value:.4f})", flush=True)
         payload["tracks"][track] = {"title": title, "teacher_test_accuracy": teacher_acc, "methods": rows,
                                     "seconds": round(time.perf_counter() - started, 1)}
-        write_results("classic_losses", payload, markdown(payload))  # after each track: a partial table survives
+        write_results(args.name, payload, markdown(payload))  # after each track: a partial table survives
     print(markdown(payload))
 
 

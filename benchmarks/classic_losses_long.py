@@ -15,7 +15,7 @@ import os
 import time
 
 import torch
-from classic_losses import TRACKS, WORK, test_row
+from classic_losses import RUNS, TRACKS, test_row
 from common import RESULTS, write_results
 from tune_tabular import train_teacher
 
@@ -27,14 +27,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--factor", type=int, default=3)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--name", default="classic_losses", help="the results file of classic_losses.py to read")
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    chosen = json.loads((RESULTS / "classic_losses.json").read_text())
+    chosen = json.loads((RESULTS / f"{args.name}.json").read_text())
     payload = {"factor": args.factor, "seed": args.seed, "tracks": {}}
     for track, info in chosen["tracks"].items():
         recipe_name = TRACKS[track][0]
         epochs = load_recipe(recipe_name).trainer.max_epochs * args.factor
-        weights, _, _ = train_teacher(recipe_name, [], [], WORK / f"{track}-long")  # the same seeded teacher as the main run
+        weights, _, _ = train_teacher(recipe_name, [], [], RUNS / f"{args.name}-long" / track)  # the same seeded teacher as the main run
         rows = {}
         for label, row in info["methods"].items():
             started = time.perf_counter()
@@ -56,8 +57,8 @@ def main() -> None:
             versus = "—" if scratch is None or label == "scratch" else f"{100 * (row['test_accuracy'] - scratch):+.2f}"
             lines.append(f"| {label} | {100 * row['at_1x']:.2f} | {100 * row['test_accuracy']:.2f} | {versus} |")
         lines.append("")
-    lines += [f"Reproduce: `OMP_NUM_THREADS=1 .venv/bin/python benchmarks/classic_losses_long.py --factor {args.factor}`", ""]
-    write_results("classic_losses_long", payload, "\n".join(lines))
+    lines += [f"Reproduce: `OMP_NUM_THREADS=1 .venv/bin/python benchmarks/classic_losses_long.py --factor {args.factor} --name {args.name}`", ""]
+    write_results(f"{args.name}_long", payload, "\n".join(lines))
     print("\n".join(lines))
 
 

@@ -80,3 +80,20 @@ def test_a_batch_without_labels_adds_no_cross_entropy() -> None:
     assert torch.isfinite(loss) and torch.allclose(loss, 0.5 * soft)
     loss.backward()
     assert student.grad is not None
+
+
+def test_a_run_with_a_labelled_subset_records_it_and_trains_every_method(tmp_path) -> None:
+    import json
+
+    import yaml
+
+    from anydistill.cli import main
+
+    (tmp_path / "r.yaml").write_text("name: few-labels\nseed: 0\ndata: {name: digits, batch_size: 64, labelled_count: 30}\n"
+                                     "teacher: {name: small-cnn, channels: [8, 16], hidden: 32}\nstudent: {name: mlp, hidden: [16]}\n"
+                                     "trainer: {max_epochs: 1, progress_bar: false}\nmethods:\n  teacher: {}\n  scratch: {}\n  kd: {}\n")
+    assert main(["run", str(tmp_path / "r.yaml"), "--runs", str(tmp_path / "runs")]) == 0
+    run = tmp_path / "runs" / "few-labels"
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["data"]["labelled_count"] == 30 and config["data"]["labelled_seed"] == 0
+    assert set(json.loads((run / "metrics.json").read_text())) == {"teacher", "scratch", "kd"}
