@@ -64,7 +64,9 @@ def main() -> None:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     seeds = list(range(1, args.seeds + 1))
     shutil.rmtree(work, ignore_errors=True)
-    payload = {"trials_per_method": args.trials, "seeds": seeds, "threads": torch.get_num_threads(), "tracks": {}}
+    command = "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/classic_losses.py" + (
+        "" if args.name == "classic_losses" else f" --tracks {args.tracks} --name {args.name}")
+    payload = {"trials_per_method": args.trials, "seeds": seeds, "threads": torch.get_num_threads(), "command": command, "tracks": {}}
     for track in args.tracks.split(","):
         recipe_name, title = TRACKS[track]
         started = time.perf_counter()
@@ -127,7 +129,7 @@ def markdown(payload: dict) -> str:
             lines.append(f"| {rank} | {label} | {100 * mean:.2f} ± {100 * std:.2f} | {versus} | {100 * row['best_val_accuracy']:.2f} "
                          f"| {cka} | {row['complete']} / {row['pruned']} / {row['failed']} | {settings} |")
         lines += ["", f"Time: {info['seconds']:.0f} s for this track ({payload['threads']} thread(s), 2 shared cores).", ""]
-    lines += ["Reproduce: `OMP_NUM_THREADS=1 .venv/bin/python benchmarks/classic_losses.py`", ""]
+    lines += [f"Reproduce: `{payload.get('command', 'OMP_NUM_THREADS=1 .venv/bin/python benchmarks/classic_losses.py')}`", ""]
     return "\n".join(lines)
 
 

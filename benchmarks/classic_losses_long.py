@@ -28,16 +28,19 @@ def main() -> None:
     parser.add_argument("--factor", type=int, default=3)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--name", default="classic_losses", help="the results file of classic_losses.py to read")
+    parser.add_argument("--skip", default="", help="comma-separated TRACK:METHOD pairs not to re-run (their cost here)")
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     chosen = json.loads((RESULTS / f"{args.name}.json").read_text())
-    payload = {"factor": args.factor, "seed": args.seed, "tracks": {}}
+    payload = {"factor": args.factor, "seed": args.seed, "skipped": [s for s in args.skip.split(",") if s], "tracks": {}}
     for track, info in chosen["tracks"].items():
         recipe_name = TRACKS[track][0]
         epochs = load_recipe(recipe_name).trainer.max_epochs * args.factor
         weights, _, _ = train_teacher(recipe_name, [], [], RUNS / f"{args.name}-long" / track)  # the same seeded teacher as the main run
         rows = {}
         for label, row in info["methods"].items():
+            if f"{track}:{label}" in args.skip.split(","):
+                continue
             started = time.perf_counter()
             overrides = [f"teacher.checkpoint={weights}", f"trainer.max_epochs={epochs}", f"seed={args.seed}", f"data.seed={args.seed}"]
             overrides += trial_overrides(label, row["best_params"])
@@ -57,7 +60,10 @@ def main() -> None:
             versus = "—" if scratch is None or label == "scratch" else f"{100 * (row['test_accuracy'] - scratch):+.2f}"
             lines.append(f"| {label} | {100 * row['at_1x']:.2f} | {100 * row['test_accuracy']:.2f} | {versus} |")
         lines.append("")
-    lines += [f"Reproduce: `OMP_NUM_THREADS=1 .venv/bin/python benchmarks/classic_losses_long.py --factor {args.factor} --name {args.name}`", ""]
+    if payload["skipped"]:
+        lines += [f"Not re-run (minutes per run at this budget on one CPU thread): {', '.join(payload['skipped'])}.", ""]
+    lines += [f"Reproduce: `OMP_NUM_THREADS=1 .venv/bin/python benchmarks/classic_losses_long.py --factor {args.factor} --name {args.name}"
+              + (f" --skip {args.skip}" if args.skip else "") + "`", ""]
     write_results(f"{args.name}_long", payload, "\n".join(lines))
     print("\n".join(lines))
 
