@@ -34,6 +34,7 @@ TRACKS = {  # name -> (recipe, student description)
     "digits-2": ("digits/classic-losses-2", "8x8 digits, pre-activation and multi-stage losses: small-cnn [16, 32] → [4, 8]"),
     "digits-fsp": ("digits/fsp", "8x8 digits, equal widths for FSP: small-cnn [16, 32] h64 → [16, 32] h16"),
     "digits-kdsvd": ("digits/kdsvd", "8x8 digits, equal widths for KD-SVD: small-cnn [16, 32] h64 → [16, 32] h16"),
+    "mnist-5k": ("mnist/classic-losses-5k", "MNIST-5k (10 % of the training split): pretrained ccexam MNISTNet → small-cnn [4, 8]"),
 }
 RUNS = Path("runs")
 
@@ -59,27 +60,31 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--only", default="", help="comma-separated method labels (default: every method of the recipe)")
     parser.add_argument("--name", default="classic_losses", help="results/<name>.{json,md} and runs/<name>/")
+    parser.add_argument("--space", action="append", default=[], help="a --space of `anydistill tune`, the same for every method")
     args = parser.parse_args()
     work = RUNS / args.name
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     seeds = list(range(1, args.seeds + 1))
     shutil.rmtree(work, ignore_errors=True)
     command = "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/classic_losses.py" + (
-        "" if args.name == "classic_losses" else f" --tracks {args.tracks} --name {args.name}")
+        "" if args.name == "classic_losses" else f" --tracks {args.tracks} --name {args.name}") + "".join(f" --space {x}" for x in args.space)
     payload = {"trials_per_method": args.trials, "seeds": seeds, "threads": torch.get_num_threads(), "command": command, "tracks": {}}
     for track in args.tracks.split(","):
         recipe_name, title = TRACKS[track]
         started = time.perf_counter()
-        weights, teacher_acc, teacher_s = train_teacher(recipe_name, [], [], work / track)
+        if "teacher" in _labels(recipe_name):  # trained once here, then shared through teacher.checkpoint
+            weights, teacher_acc, teacher_s = train_teacher(recipe_name, [], [], work / track)
+            common = [f"teacher.checkpoint={weights}"]
+        else:  # a pretrained teacher
+            teacher_acc, teacher_s, common = pretrained_teacher_accuracy(recipe_name), 0.0, []
         print(f"{track}: teacher test accuracy {teacher_acc:.4f} ({teacher_s:.0f} s)", flush=True)
-        common = [f"teacher.checkpoint={weights}"]
         labels = [m for m in _labels(recipe_name) if m != "teacher"]
         if args.only:
             labels = [m for m in labels if m in args.only.split(",")]
         rows = {}
         for label in labels:
             t0 = time.perf_counter()
-            result = tune(recipe_name, label, args.trials, overrides=common, runs=work / track, study_name=f"{track}-{label}",
+            result = tune(recipe_name, label, args.trials, overrides=common, spaces=args.space, runs=work / track, study_name=f"{track}-{label}",
                           storage=f"sqlite:///{work / 'tune.db'}", printer=lambda line: print("   ", line, flush=True))
             tests = [test_row(recipe_name, label, common + result.best_overrides + [f"seed={s}", f"data.seed={s}"]) for s in seeds]
             states = [t.state.name for t in result.study.trials]
@@ -96,6 +101,17 @@ def main() -> None:
     print(markdown(payload))
 
 
+def pretrained_teacher_accuracy(recipe_name: str) -> float:
+    """Test accuracy of the recipe's pretrained teacher."""
+    recipe, _ = load_method_recipe(recipe_name, "scratch")
+    datamodule = recipe.data.target(**recipe.data.kwargs)
+    datamodule.setup()
+    _, pretrained = build_models(recipe.data, recipe.student, recipe.teacher, datamodule)
+    teacher = build_teacher(recipe, pretrained)
+    evaluator = recipe.evaluation.target(data=datamodule, student_spec=recipe.resolved.get("teacher"), data_name=recipe.data.name)
+    return evaluator.evaluate(teacher.model, None, "teacher")["accuracy"]
+
+
 def _labels(recipe_name: str) -> list[str]:
     from anydistill.catalog import load_recipe
 
@@ -103,11 +119,14 @@ def _labels(recipe_name: str) -> list[str]:
 
 
 def markdown(payload: dict) -> str:
+    spaces = payload.get("command", "").split(" --space ")[1:]
     lines = ["# Classic classifier-KD losses, each tuned with the same number of validation trials", "",
+             *([f"Search space changed for every method alike: {', '.join(spaces)}.", ""] if spaces else []),
              f"Every method (baselines included) got {payload['trials_per_method']} `anydistill tune` trials (TPE, median "
              "pruning; its paper's search space plus `optimizer.lr` and `optimizer.weight_decay`) on the validation split; "
              f"the best setting was then trained with seeds {payload['seeds']} and scored once on the test split. The teacher "
-             "is trained once per track and shared (`teacher.checkpoint`). A method ties scratch when the gap is within the "
+             "(pretrained, or trained once per track and passed as `teacher.checkpoint`) is shared by every method. A method "
+             "ties scratch when the gap is within the "
              "larger of the two stds.", ""]
     for track, info in payload["tracks"].items():
         methods = info["methods"]
