@@ -18,7 +18,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from anydistill.core.errors import MissingPackageError, RecipeError
+from anydistill.core.errors import MissingPackageError, RecipeError, first_line
 from anydistill.core.method import DistillationMethod
 from anydistill.core.recipe import (
     CacheSpec,
@@ -141,7 +141,7 @@ def _check_method(
         try:
             data = datamodule()
         except Exception as error:  # noqa: BLE001 - any failure to load the data is a recipe problem, told in one line
-            problems.append(f"data: setting up the data module failed: {str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}")
+            problems.append(f"data: setting up the data module failed: {first_line(error)}")
             return
         for problem in method.data_problems(data, teacher if target.needs_teacher else None):
             data_findings.setdefault(problem, []).append(label)
@@ -173,7 +173,7 @@ def _check_trainer(spec: TrainerSpec, problems: list[str]) -> None:
     try:
         L.Trainer(**spec.hardware(), logger=False, enable_checkpointing=False, enable_progress_bar=False)
     except Exception as error:  # Lightning raises several types; each is a recipe problem here
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        first = first_line(error)
         problems.append(f"trainer: Lightning cannot run these settings here: {first}")
 
 
@@ -286,7 +286,7 @@ def load_recipe(path_or_name: str, overrides: list[str] = ()) -> Recipe:
             except RecipeError as error:
                 problems += error.problems
             except Exception as error:  # unreadable files: one line, whatever the reader raised
-                problems.append(f"data: {_first_line(error)}")
+                problems.append(f"data: {first_line(error)}")
     if not problems and parsed is not None and data is not None:
         input_shape = data_shapes(data, files_data)["input_shape"]
         try:
@@ -297,7 +297,7 @@ def load_recipe(path_or_name: str, overrides: list[str] = ()) -> Recipe:
                 if model is not None:
                     _dry_forward(model, input_shape, [])
         except Exception as error:  # any failure to build or run a model is a recipe problem, told in one line
-            problems.append(f"models: building or running the models on a {input_shape} input failed: {_first_line(error)}")
+            problems.append(f"models: building or running the models on a {input_shape} input failed: {first_line(error)}")
         else:
             for path in parsed.cache.features if parsed.cache.enabled else []:
                 try:
@@ -346,11 +346,6 @@ def load_teacher_weights(model: Any, checkpoint: str, name: str) -> None:
             f"teacher.checkpoint {checkpoint} does not load into '{name}' ({first}); give the architecture "
             f"options it was trained with (see the model.json beside it)."
         ) from None
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def shapes_known_after_setup(data: Component) -> bool:

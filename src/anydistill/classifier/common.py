@@ -23,6 +23,18 @@ def teacher_signal(method: DistillationMethod, batch: dict[str, torch.Tensor], t
     return method.teacher(batch["x"], taps=taps)
 
 
+def student_and_teacher_features(
+    method: DistillationMethod, batch: dict[str, torch.Tensor], student_layers: Sequence[str], teacher_layers: Sequence[str]
+) -> tuple[TeacherOutput, torch.Tensor, dict[str, torch.Tensor]]:
+    """One student forward on ``batch`` with its ``student_layers`` tapped, and the teacher's signal
+    with its ``teacher_layers``: ``(teacher signal, student logits [B, C], {path: student feature})``.
+    The student features keep their gradients."""
+    signal = teacher_signal(method, batch, taps=teacher_layers)
+    with capture_features(method.student, student_layers) as features:
+        student_logits = method.student(batch["x"])
+    return signal, student_logits, features
+
+
 def classifier_validation_step(method: DistillationMethod, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
     """Log the student's validation cross-entropy (``val/loss``) and accuracy (``val/accuracy``)."""
     logits = method.student(batch["x"])

@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of ``error``'s message (its type's name when the message is empty): how a
+    library's multi-line error is shown in a one-line problem."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 class AnydistillError(Exception):
     """Base of every error the CLI prints without a traceback."""
 

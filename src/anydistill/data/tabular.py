@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from anydistill.core.recipe import PositiveInt
+from anydistill.core.errors import first_line
 from anydistill.data.arrays import ArrayClassificationData, OpenFraction, column_arrays
 
 
@@ -31,7 +32,7 @@ def read_table(builder: str, path: str, where: str) -> Any:
         try:
             table = datasets.load_dataset(builder, data_files=str(path), split="train", cache_dir=cache, keep_in_memory=True)
         except Exception as error:  # noqa: BLE001 - pandas/arrow raise many types; all mean "not a readable file"
-            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            first = first_line(error)
             raise ValueError(f"{where}: cannot read '{path}' as {builder}: {first}") from None
     return table
 

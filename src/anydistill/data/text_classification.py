@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from anydistill.core.recipe import PositiveInt
+from anydistill.core.errors import first_line
 from anydistill.data.arrays import ArrayClassificationData, OpenFraction
 from anydistill.data.hf_dataset import source_splits
 
@@ -27,7 +28,7 @@ def load_local_tokenizer(path: str, where: str) -> Any:
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError, KeyError, TypeError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        first = first_line(error)
         raise ValueError(f"{where}: no tokenizer could be loaded from '{path}' ({first}); save one there with "
                          "tokenizer.save_pretrained(path).") from None
     if tokenizer.pad_token_id is None:

@@ -36,6 +36,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from anydistill.core.errors import first_line
 from anydistill.models.flow_denoisers import Denoiser
 
 BETA_SCHEDULERS = frozenset({
@@ -216,7 +217,7 @@ def diffusers_folder(
     try:
         model = cls.from_pretrained(str(folder), local_files_only=True)
     except Exception as error:  # noqa: BLE001 - diffusers raises many types for a broken folder
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        first = first_line(error)
         raise ValueError(f"diffusers-folder: cannot load {cls.__name__} from '{folder}' ({first}); re-save it with save_pretrained.") from None
     config = model.config
     channels, size = config.get("in_channels"), config.get("sample_size")

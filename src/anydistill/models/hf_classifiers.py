@@ -18,6 +18,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from anydistill.core.errors import first_line
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Which builder a folder's architecture belongs to, by the suffix of its class name.
 FAMILY_OF_SUFFIX = {
@@ -155,7 +157,7 @@ def _load(auto: Any, path: str, builder: str, dtype: str) -> nn.Module:
         with quiet_progress():
             return auto.from_pretrained(path, local_files_only=True, dtype=DTYPES[dtype])
     except (OSError, ValueError, KeyError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        first = first_line(error)
         raise ValueError(f"{builder}.path: '{path}' does not load as {auto.__name__}: {first}") from None
 
 

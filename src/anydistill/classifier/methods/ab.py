@@ -6,12 +6,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from anydistill.classifier.common import classifier_validation_step, teacher_signal
+from anydistill.classifier.common import classifier_validation_step, student_and_teacher_features, teacher_signal
 from anydistill.classifier.preactivation import build_connector, preactivation_problems, probe_outputs
 from anydistill.core.method import DistillationMethod
 from anydistill.core.recipe import NonNegativeFloat, NonNegativeInt, OptimizerSpec, PositiveFloat
 from anydistill.core.space import LogUniform
-from anydistill.core.taps import capture_features
 from anydistill.core.teacher import Teacher
 from anydistill.losses import kd_kl
 
@@ -158,9 +157,7 @@ class AB(DistillationMethod):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         size = batch["y"].shape[0]
         if self.current_epoch < self.init_epochs:
-            signal = teacher_signal(self, batch, taps=self.teacher_layers)
-            with capture_features(self.student, self.student_layers) as features:
-                self.student(batch["x"])
+            signal, _, features = student_and_teacher_features(self, batch, self.student_layers, self.teacher_layers)
             ab, agreement = 0.0, 0.0
             pairs = zip(self.connectors, self.student_layers, self.teacher_layers, ab_layer_weights(len(self.connectors)))
             for connector, s, t, w in pairs:

@@ -6,12 +6,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anydistill.classifier.common import classifier_validation_step, teacher_signal
+from anydistill.classifier.common import classifier_validation_step, student_and_teacher_features
 from anydistill.classifier.losses import attention_transfer_loss
 from anydistill.core.method import DistillationMethod
 from anydistill.core.recipe import Fraction, NonNegativeFloat, OptimizerSpec, PositiveFloat
 from anydistill.core.space import Choice, LogUniform
-from anydistill.core.taps import capture_features
 from anydistill.core.teacher import Teacher
 from anydistill.losses import kd_kl, mix_with_ce
 
@@ -76,9 +75,7 @@ class AttentionTransfer(DistillationMethod):
         ]
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        signal = teacher_signal(self, batch, taps=self.teacher_layers)
-        with capture_features(self.student, self.student_layers) as student_features:
-            student_logits = self.student(batch["x"])
+        signal, student_logits, student_features = student_and_teacher_features(self, batch, self.student_layers, self.teacher_layers)
         at = sum(
             attention_transfer_loss(student_features[s], signal.features[t], p=self.p)
             for s, t in zip(self.student_layers, self.teacher_layers)

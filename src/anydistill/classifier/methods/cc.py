@@ -8,11 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from anydistill.classifier.common import classifier_validation_step, tapped_shapes, teacher_signal
+from anydistill.classifier.common import classifier_validation_step, student_and_teacher_features, tapped_shapes
 from anydistill.core.method import DistillationMethod
 from anydistill.core.recipe import NonNegativeFloat, OptimizerSpec, PositiveFloat, PositiveInt
 from anydistill.core.space import LogUniform, Uniform
-from anydistill.core.taps import capture_features
 from anydistill.core.teacher import Teacher
 from anydistill.losses import kd_kl
 
@@ -148,9 +147,7 @@ class CC(DistillationMethod):
         return F.normalize(out, dim=1) if self.normalize else out
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        signal = teacher_signal(self, batch, taps=[self.teacher_layer])
-        with capture_features(self.student, [self.student_layer]) as student_features:
-            student_logits = self.student(batch["x"])
+        signal, student_logits, student_features = student_and_teacher_features(self, batch, [self.student_layer], [self.teacher_layer])
         cc = cc_loss(
             self.embed(self.embed_s, student_features[self.student_layer]),
             self.embed(self.embed_t, signal.features[self.teacher_layer].detach()),

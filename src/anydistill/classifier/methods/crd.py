@@ -9,11 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from anydistill.classifier.common import classifier_validation_step, tapped_shapes, teacher_signal
+from anydistill.classifier.common import classifier_validation_step, student_and_teacher_features, tapped_shapes
 from anydistill.core.method import DistillationMethod
 from anydistill.core.recipe import Fraction, NonNegativeFloat, OptimizerSpec, PositiveFloat, PositiveInt
 from anydistill.core.space import LogUniform
-from anydistill.core.taps import capture_features
 from anydistill.core.teacher import Teacher
 from anydistill.losses import kd_kl
 
@@ -218,9 +217,7 @@ class CRD(DistillationMethod):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         if "index" not in batch:
             raise RuntimeError("crd needs each training row's dataset index in its batches ('index'); the data module gives none.")
-        signal = teacher_signal(self, batch, taps=[self.teacher_layer])
-        with capture_features(self.student, [self.student_layer]) as student_features:
-            student_logits = self.student(batch["x"])
+        signal, student_logits, student_features = student_and_teacher_features(self, batch, [self.student_layer], [self.teacher_layer])
         index = batch["index"].to(self.memory.student.device)
         self.labels = self.labels.to(index.device)
         negatives = sample_negatives(self.labels, self.labels[index], self.num_negatives)

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anydistill.classifier.common import classifier_validation_step, teacher_signal
+from anydistill.classifier.common import classifier_validation_step, student_and_teacher_features, teacher_signal
 from anydistill.classifier.losses import hint_loss
 from anydistill.core.method import DistillationMethod
 from anydistill.core.recipe import NonNegativeFloat, NonNegativeInt, OptimizerSpec, PositiveFloat
@@ -119,9 +119,7 @@ class FitNets(DistillationMethod):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         size = batch["y"].shape[0]
         if self.current_epoch < self.hint_epochs:
-            signal = teacher_signal(self, batch, taps=[self.hint_layer])
-            with capture_features(self.student, [self.guided_layer]) as guided:
-                self.student(batch["x"])
+            signal, _, guided = student_and_teacher_features(self, batch, [self.guided_layer], [self.hint_layer])
             loss = hint_loss(self.regressor(guided[self.guided_layer]), signal.features[self.hint_layer])
             self.log_train("train/hint", loss, size)
         else:

@@ -8,11 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from anydistill.classifier.common import classifier_validation_step, teacher_signal
+from anydistill.classifier.common import classifier_validation_step, student_and_teacher_features, teacher_signal
 from anydistill.core.method import DistillationMethod
 from anydistill.core.recipe import NonNegativeFloat, NonNegativeInt, OptimizerSpec, PositiveFloat
 from anydistill.core.space import LogUniform
-from anydistill.core.taps import capture_features
 from anydistill.core.teacher import Teacher
 from anydistill.losses import kd_kl
 
@@ -161,9 +160,7 @@ class FSP(DistillationMethod):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         size = batch["y"].shape[0]
         if self.current_epoch < self.fsp_epochs:
-            signal = teacher_signal(self, batch, taps=self.teacher_layers)
-            with capture_features(self.student, self.student_layers) as student_features:
-                self.student(batch["x"])
+            signal, _, student_features = student_and_teacher_features(self, batch, self.student_layers, self.teacher_layers)
             pairs = zip(self.flow_matrices(student_features, self.student_layers),
                         self.flow_matrices(signal.features, self.teacher_layers))
             fsp = sum(fsp_loss(g_s, g_t) for g_s, g_t in pairs)

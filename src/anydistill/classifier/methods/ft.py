@@ -9,12 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from anydistill.classifier.common import classifier_validation_step, tapped_shapes, teacher_signal
+from anydistill.classifier.common import classifier_validation_step, student_and_teacher_features, tapped_shapes, teacher_signal
 from anydistill.core.method import DistillationMethod
 from anydistill.core.optim import build_optimizer
 from anydistill.core.recipe import Fraction, NonNegativeFloat, NonNegativeInt, OptimizerSpec, PositiveFloat
 from anydistill.core.space import LogUniform
-from anydistill.core.taps import capture_features
 from anydistill.core.teacher import Teacher
 from anydistill.losses import kd_kl
 
@@ -208,9 +207,7 @@ class FT(DistillationMethod):
         return {} if self._reconstruction_error is None else {"paraphraser_reconstruction": self._reconstruction_error}
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        signal = teacher_signal(self, batch, taps=[self.teacher_layer])
-        with capture_features(self.student, [self.student_layer]) as features:
-            student_logits = self.student(batch["x"])
+        signal, student_logits, features = student_and_teacher_features(self, batch, [self.student_layer], [self.teacher_layer])
         with torch.no_grad():
             teacher_factor = self.paraphraser.encode(signal.features[self.teacher_layer])
         student_factor, teacher_factor = pool_to_common_size(self.translator(features[self.student_layer]), teacher_factor)

@@ -6,11 +6,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from anydistill.classifier.common import classifier_validation_step, tapped_shapes, teacher_signal
+from anydistill.classifier.common import classifier_validation_step, student_and_teacher_features, tapped_shapes
 from anydistill.core.method import DistillationMethod
 from anydistill.core.recipe import NonNegativeFloat, OptimizerSpec, PositiveFloat
 from anydistill.core.space import LogUniform
-from anydistill.core.taps import capture_features
 from anydistill.core.teacher import Teacher
 from anydistill.losses import kd_kl
 
@@ -147,9 +146,7 @@ class ICKD(DistillationMethod):
         self.embed = build_ickd_embed(student_shapes[self.student_layer], teacher_shapes[self.teacher_layer])
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        signal = teacher_signal(self, batch, taps=[self.teacher_layer])
-        with capture_features(self.student, [self.student_layer]) as student_features:
-            student_logits = self.student(batch["x"])
+        signal, student_logits, student_features = student_and_teacher_features(self, batch, [self.student_layer], [self.teacher_layer])
         f_s = student_features[self.student_layer]
         ickd = ickd_loss(self.embed(f_s.to(self.embed[0].weight.dtype)), signal.features[self.teacher_layer])
         loss = self.ce_weight * F.cross_entropy(student_logits.float(), batch["y"]) + self.weight * ickd

@@ -8,11 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from anydistill.classifier.common import classifier_validation_step, teacher_signal
+from anydistill.classifier.common import classifier_validation_step, student_and_teacher_features
 from anydistill.core.method import DistillationMethod
 from anydistill.core.recipe import NonNegativeFloat, OptimizerSpec, PositiveFloat, PositiveInt
 from anydistill.core.space import LogUniform
-from anydistill.core.taps import capture_features
 from anydistill.core.teacher import Teacher
 from anydistill.losses import kd_kl
 
@@ -174,9 +173,7 @@ class KDSVD(DistillationMethod):
         return problems
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        signal = teacher_signal(self, batch, taps=self.teacher_layers)
-        with capture_features(self.student, self.student_layers) as features:
-            student_logits = self.student(batch["x"])
+        signal, student_logits, features = student_and_teacher_features(self, batch, self.student_layers, self.teacher_layers)
         svd = kdsvd_loss([features[p] for p in self.student_layers], [signal.features[p] for p in self.teacher_layers], self.k)
         loss = self.ce_weight * F.cross_entropy(student_logits.float(), batch["y"]) + self.weight * svd
         size = batch["y"].shape[0]

@@ -6,11 +6,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from anydistill.classifier.common import classifier_validation_step, teacher_signal
+from anydistill.classifier.common import classifier_validation_step, student_and_teacher_features
 from anydistill.core.method import DistillationMethod
 from anydistill.core.recipe import NonNegativeFloat, OptimizerSpec, PositiveFloat
 from anydistill.core.space import LogUniform
-from anydistill.core.taps import capture_features
 from anydistill.core.teacher import Teacher
 from anydistill.losses import kd_kl
 
@@ -122,9 +121,7 @@ class NST(DistillationMethod):
         ]
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        signal = teacher_signal(self, batch, taps=self.teacher_layers)
-        with capture_features(self.student, self.student_layers) as student_features:
-            student_logits = self.student(batch["x"])
+        signal, student_logits, student_features = student_and_teacher_features(self, batch, self.student_layers, self.teacher_layers)
         nst = sum(nst_loss(student_features[s], signal.features[t]) for s, t in zip(self.student_layers, self.teacher_layers))
         loss = self.ce_weight * F.cross_entropy(student_logits.float(), batch["y"]) + self.weight * nst
         size = batch["y"].shape[0]

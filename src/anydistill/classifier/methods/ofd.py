@@ -8,12 +8,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from anydistill.classifier.common import classifier_validation_step, teacher_signal
+from anydistill.classifier.common import classifier_validation_step, student_and_teacher_features
 from anydistill.classifier.preactivation import build_connector, preactivation_problems, probe_outputs
 from anydistill.core.method import DistillationMethod
 from anydistill.core.recipe import NonNegativeFloat, OptimizerSpec, PositiveFloat, PositiveInt
 from anydistill.core.space import LogUniform
-from anydistill.core.taps import capture_features, find_module
+from anydistill.core.taps import find_module
 from anydistill.core.teacher import Teacher
 from anydistill.losses import kd_kl
 
@@ -200,9 +200,7 @@ class OFD(DistillationMethod):
         )
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        signal = teacher_signal(self, batch, taps=self.teacher_layers)
-        with capture_features(self.student, self.student_layers) as features:
-            student_logits = self.student(batch["x"])
+        signal, student_logits, features = student_and_teacher_features(self, batch, self.student_layers, self.teacher_layers)
         ofd = 0.0
         for pair, s, t, w in zip(self.pairs, self.student_layers, self.teacher_layers, ofd_layer_weights(len(self.pairs))):
             connected, target = pair(features[s]), signal.features[t]

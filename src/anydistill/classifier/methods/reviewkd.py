@@ -6,12 +6,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from anydistill.classifier.common import classifier_validation_step, tapped_shapes, teacher_signal
+from anydistill.classifier.common import classifier_validation_step, student_and_teacher_features, tapped_shapes
 from anydistill.classifier.methods.dkd import DKD
 from anydistill.core.method import DistillationMethod
 from anydistill.core.recipe import Fraction, NonNegativeFloat, OptimizerSpec, PositiveInt
 from anydistill.core.space import LogUniform
-from anydistill.core.taps import capture_features
 from anydistill.core.teacher import Teacher
 
 
@@ -205,9 +204,7 @@ class ReviewKD(DistillationMethod):
         self.out_sizes = [tuple(shape[2:]) if len(shape) == 4 else (1, 1) for shape in teacher]
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        signal = teacher_signal(self, batch, taps=self.teacher_layers)
-        with capture_features(self.student, self.student_layers) as student_features:
-            student_logits = self.student(batch["x"])
+        signal, student_logits, student_features = student_and_teacher_features(self, batch, self.student_layers, self.teacher_layers)
         dtype = self.abfs[0].conv1[0].weight.dtype
         fused = review(self.abfs, [as_map(student_features[p]).to(dtype) for p in self.student_layers], self.out_sizes)
         review_loss = sum(hcl_loss(f, as_map(signal.features[p])) for f, p in zip(fused, self.teacher_layers))

@@ -6,12 +6,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from anydistill.classifier.common import classifier_validation_step, teacher_signal
+from anydistill.classifier.common import classifier_validation_step, student_and_teacher_features
 from anydistill.core.checks import raise_problems
 from anydistill.core.method import DistillationMethod
 from anydistill.core.recipe import NonNegativeFloat, OptimizerSpec
 from anydistill.core.space import LogUniform
-from anydistill.core.taps import capture_features
 from anydistill.core.teacher import Teacher
 
 
@@ -129,9 +128,7 @@ class SP(DistillationMethod):
         ]
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        signal = teacher_signal(self, batch, taps=[self.teacher_layer])
-        with capture_features(self.student, [self.student_layer]) as features:
-            student_logits = self.student(batch["x"])
+        signal, student_logits, features = student_and_teacher_features(self, batch, [self.student_layer], [self.teacher_layer])
         sp = sp_loss(features[self.student_layer], signal.features[self.teacher_layer])
         loss = self.ce_weight * F.cross_entropy(student_logits.float(), batch["y"]) + self.gamma * sp
         size = batch["y"].shape[0]

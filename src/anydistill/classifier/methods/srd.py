@@ -8,11 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from anydistill.classifier.common import classifier_validation_step, tapped_shapes, teacher_signal
+from anydistill.classifier.common import classifier_validation_step, student_and_teacher_features, tapped_shapes
 from anydistill.core.method import DistillationMethod
 from anydistill.core.recipe import NonNegativeFloat, OptimizerSpec, PositiveFloat
 from anydistill.core.space import LogUniform
-from anydistill.core.taps import capture_features, find_module
+from anydistill.core.taps import find_module
 from anydistill.core.teacher import Teacher
 from anydistill.losses import kd_kl
 
@@ -202,9 +202,7 @@ class SRD(DistillationMethod):
         self.connector = build_connector(student_shapes[self.student_layer], teacher_shape)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        signal = teacher_signal(self, batch, taps=[self.teacher_layer])
-        with capture_features(self.student, [self.student_layer]) as student_features:
-            student_logits = self.student(batch["x"])
+        signal, student_logits, student_features = student_and_teacher_features(self, batch, [self.student_layer], [self.teacher_layer])
         connected = self.connector(student_features[self.student_layer].to(self.connector[0].weight.dtype))
         head = self.head()
         head_logits = F.linear(pooled(connected).to(head.weight.dtype), head.weight, head.bias)
