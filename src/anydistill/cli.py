@@ -71,6 +71,7 @@ def command_run(args: argparse.Namespace) -> int:
             os.environ.pop("ANYDISTILL_RUN_NAME", None)
         else:
             os.environ["ANYDISTILL_RUN_NAME"] = previous
+        _end_distributed()
     if is_main_process():
         from rich.console import Console
 
@@ -79,6 +80,15 @@ def command_run(args: argparse.Namespace) -> int:
         Console(width=None if sys.stdout.isatty() else 140).print(table)
         print(f"Run directory: {run_dir.path}  (report: {run_dir.path / 'report.md'})")
     return 0
+
+
+def _end_distributed() -> None:
+    """Close the process group a DDP run opened (Lightning leaves it open): left to interpreter
+    exit, gloo's threads are destroyed while joinable and a rank can abort (SIGABRT)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def command_demo(args: argparse.Namespace) -> int:
