@@ -2,14 +2,17 @@
 `anydistill tune` with the same number of validation trials, then trained with 3 other seeds and
 scored once on the test split (mean ± std), with the teacher shared by all (trained once).
 
-Tracks (recipes): MNIST-1D, a 1-D CNN teacher into an MLP (`mnist1d/classic-losses`: the losses
+Tracks (recipes): MNIST-1D, a 1-D CNN teacher into an MLP or a GRU (`mnist1d/classic-losses[-gru]`: the losses
 that apply to flat features); 8x8 digits, a CNN into a 4x narrower CNN (`digits/classic-losses`,
 `digits/classic-losses-2`: conv-map losses too); `digits/fsp` and `digits/kdsvd`, whose losses
-need equal widths. `--name` names the results file (default `classic_losses`).
+need equal widths; MNIST-5k, the pretrained ccexam teacher into a CNN or an MLP
+(`mnist/classic-losses-5k[-mlp]`). `--name` names the results file (default `classic_losses`).
 
 Run: OMP_NUM_THREADS=1 .venv/bin/python benchmarks/classic_losses.py [--tracks mnist1d,digits] [--trials 6]
      -> results/classic_losses.{json,md}
      OMP_NUM_THREADS=1 .venv/bin/python benchmarks/classic_losses.py --tracks digits-2,digits-fsp,digits-kdsvd --name classic_losses_2
+     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/classic_losses.py --tracks mnist1d-gru --name classic_losses_gru
+     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/classic_losses.py --tracks mnist-5k-mlp --name classic_losses_mnist5k_mlp
 """
 
 from __future__ import annotations
@@ -34,7 +37,9 @@ TRACKS = {  # name -> (recipe, student description)
     "digits-2": ("digits/classic-losses-2", "8x8 digits, pre-activation and multi-stage losses: small-cnn [16, 32] → [4, 8]"),
     "digits-fsp": ("digits/fsp", "8x8 digits, equal widths for FSP: small-cnn [16, 32] h64 → [16, 32] h16"),
     "digits-kdsvd": ("digits/kdsvd", "8x8 digits, equal widths for KD-SVD: small-cnn [16, 32] h64 → [16, 32] h16"),
+    "mnist1d-gru": ("mnist1d/classic-losses-gru", "MNIST-1D: cnn1d teacher → GRU (hidden 64, one layer)"),
     "mnist-5k": ("mnist/classic-losses-5k", "MNIST-5k (10 % of the training split): pretrained ccexam MNISTNet → small-cnn [4, 8]"),
+    "mnist-5k-mlp": ("mnist/classic-losses-5k-mlp", "MNIST-5k: pretrained ccexam MNISTNet → MLP [256, 256]"),
 }
 RUNS = Path("runs")
 

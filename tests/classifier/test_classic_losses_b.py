@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from anydistill.classifier.methods.cc import CC, cc_correlation, cc_loss
-from anydistill.classifier.methods.crd import CRD, ContrastMemory, nce_loss, sample_negatives
+from anydistill.classifier.methods import crd
+from anydistill.classifier.methods.crd import CRD, ContrastMemory, nce_loss, nce_scores, sample_negatives
 from anydistill.classifier.methods.fsp import FSP, fsp_loss, fsp_matrix
 from anydistill.classifier.methods.nst import NST, nst_loss
 from anydistill.classifier.methods.vid import VID, VIDRegressor, build_vid_regressor, vid_loss, vid_variance
@@ -208,6 +209,22 @@ def test_crd_matches_torchdistill_over_two_steps():
         torch.testing.assert_close(memory.normalizers, reference.params[2:4], rtol=1e-6, atol=0)
         torch.testing.assert_close(memory.student, reference.memory_v1, rtol=0, atol=1e-6)
         torch.testing.assert_close(memory.teacher, reference.memory_v2, rtol=0, atol=1e-6)
+
+
+def test_nce_scores_dense_and_gathered_paths_agree_with_gradients(monkeypatch):
+    torch.manual_seed(0)
+    memory = F.normalize(torch.randn(50, 8, dtype=torch.float64), dim=1)
+    anchors = F.normalize(torch.randn(4, 8, dtype=torch.float64), dim=1).requires_grad_()
+    contrast = torch.randint(50, (4, 6))
+    results = []
+    for dense_up_to in (16, 0):  # 50 <= 16 * 6 scores every row; 0 forces the gather
+        monkeypatch.setattr(crd, "DENSE_SCORES_UP_TO", dense_up_to)
+        anchors.grad = None
+        scores = nce_scores(memory, anchors, contrast, 0.07)
+        (scores * torch.arange(6.0, dtype=torch.float64)).sum().backward()
+        results.append((scores.detach(), anchors.grad.clone()))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-10, atol=0)
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-10, atol=0)
 
 
 def test_nce_loss_hand_computed():
