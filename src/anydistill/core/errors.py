@@ -36,6 +36,15 @@ class MissingPackageError(AnydistillError):
         )
 
 
+class DataNotFoundError(AnydistillError, ValueError):
+    """A data source's files are not on this machine (nothing is downloaded at run time).
+
+    Raised only by sources that declare their shapes (class attributes), so a recipe still
+    validates without the files: the checks of a method that reads the data (crd's
+    ``data_problems``) are left to the run, which repeats them in ``setup`` before training.
+    """
+
+
 class CacheError(AnydistillError):
     """A teacher signal cache is stale, corrupt or built for another teacher or dataset."""
 

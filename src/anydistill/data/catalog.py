@@ -9,6 +9,7 @@ DATA = {
     "breast-cancer": "anydistill.data.sklearn_tables:BreastCancerData",
     "mnist": "anydistill.data.mnist:MNISTData",
     "mnist1d": "anydistill.data.mnist1d:MNIST1DData",
+    "cifar100": "anydistill.data.cifar100:CIFAR100Data",
     "toy2d": "anydistill.data.toy2d:Toy2DData",
     "toy2d-conditional": "anydistill.data.toy2d:Toy2DConditionalData",
     "digits-generation": "anydistill.data.digits_generation:DigitsGenerationData",

@@ -83,15 +83,24 @@ def balanced_subset(y: torch.Tensor, size: int, num_classes: int, seed: int = 0)
 IGNORE_LABEL = -100  # F.cross_entropy's ignore_index: a training row whose label a method may not read
 
 
+def random_flip(x: torch.Tensor) -> torch.Tensor:
+    """Mirror each image of ``x`` [B, C, H, W] left-right with probability 1/2."""
+    mirrored = torch.rand(x.shape[0]) < 0.5
+    return torch.where(mirrored.view(-1, *[1] * (x.ndim - 1)), x.flip(-1), x)
+
+
 class IndexedTensors(torch.utils.data.Dataset):
     """Rows of ``x`` [N, ...] and ``y`` [N] with their index and any attached teacher signals.
 
     ``__getitems__`` returns a whole batch by tensor indexing (no per-row collate): a batch is
-    ``{"x", "y", "index", "teacher/logits", "teacher/features/<path>", ...}``.
+    ``{"x", "y", "index", "teacher/logits", "teacher/features/<path>", ...}``. With ``max_shift``
+    each image is translated by up to that many pixels (`random_shift`), then with ``flip`` mirrored
+    left-right half of the time (`random_flip`), anew at every fetch.
     """
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, signals: dict[str, torch.Tensor] | None = None, max_shift: int = 0):
-        self.x, self.y, self.signals, self.max_shift = x, y, signals or {}, max_shift
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, signals: dict[str, torch.Tensor] | None = None, max_shift: int = 0,
+                 flip: bool = False):
+        self.x, self.y, self.signals, self.max_shift, self.flip = x, y, signals or {}, max_shift, flip
 
     def __len__(self) -> int:
         return self.x.shape[0]
@@ -99,7 +108,11 @@ class IndexedTensors(torch.utils.data.Dataset):
     def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
         index = torch.as_tensor(indices, dtype=torch.long)
         x = self.x[index]
-        batch = {"x": random_shift(x, self.max_shift) if self.max_shift else x, "y": self.y[index], "index": index}
+        if self.max_shift:
+            x = random_shift(x, self.max_shift)
+        if self.flip:
+            x = random_flip(x)
+        batch = {"x": x, "y": self.y[index], "index": index}
         for name, values in self.signals.items():
             batch[f"teacher/{name}"] = values[index]
         return batch
@@ -121,8 +134,9 @@ class TensorClassificationData(L.LightningDataModule):
         batch_size: training batch size (per process under DDP).
         eval_batch_size: batch size of validation and test passes.
         shuffle: reshuffle the training set every epoch (a deterministic function of seed and epoch).
-        augment: random translations of up to 2 pixels, drawn anew each epoch. A teacher signal
-            cache cannot be used with it (the teacher would have to see the shifted inputs).
+        augment: random translations of up to ``augment_shift`` pixels (2 unless a subclass says
+            otherwise), and left-right mirroring when ``augment_flip``, drawn anew each epoch. A
+            teacher signal cache cannot be used with it (the teacher would have to see the shifted inputs).
         train_limit: keep only the first N training rows (quick experiments, tests).
         seed: the shuffling seed.
         labelled_count: keep the labels of only this many training rows (a stratified draw seeded
@@ -137,6 +151,8 @@ class TensorClassificationData(L.LightningDataModule):
     num_classes: ClassVar[int] = 0
     transform: ClassVar[str] = ""
     normalisation: ClassVar[dict[str, list[float]]] = {"mean": [0.0], "std": [1.0]}  # of the inputs, per channel
+    augment_shift: ClassVar[int] = 2  # pixels of random translation under `augment`
+    augment_flip: ClassVar[bool] = False  # random left-right mirroring under `augment` (digits are not symmetric)
 
     def __init__(
         self,
@@ -221,7 +237,8 @@ class TensorClassificationData(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         x, y, signals = self.training_rows()
-        dataset = IndexedTensors(x, y, signals, max_shift=2 if self.augment else 0)
+        dataset = IndexedTensors(x, y, signals, max_shift=self.augment_shift if self.augment else 0,
+                                 flip=self.augment_flip and self.augment)
         # The engine turns off Lightning's sampler injection (whose DDP sampler always shuffles).
         rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         # An epoch is as long as the whole training split for every method: a baseline on the
