@@ -4,6 +4,7 @@ the models once on zeros, and reports every problem at once."""
 
 from __future__ import annotations
 
+import copy
 import functools
 import importlib.resources
 import importlib.util
@@ -18,7 +19,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from anydistill.core.errors import MissingPackageError, RecipeError, first_line
+from anydistill.core.errors import DataNotFoundError, MissingPackageError, RecipeError, first_line
 from anydistill.core.method import DistillationMethod
 from anydistill.core.recipe import (
     CacheSpec,
@@ -122,6 +123,18 @@ def _dry_forward(model: Any, input_shape: tuple[int, ...], taps: list[str]) -> d
     return {path: value.shape for path, value in features.items()}
 
 
+def _output_width(model: Any, input_shape: tuple[int, ...]) -> int | None:
+    """The size of the last dimension of ``model``'s output on a zero batch of two (eval mode)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(2, *input_shape))
+    finally:
+        model.train(was_training)
+    return out.shape[-1] if isinstance(out, torch.Tensor) and out.dim() >= 2 else None
+
+
 def _check_method(
     label: str, component: Component, teacher: Any, student: Any, input_shape: tuple[int, ...], max_epochs: int,
     datamodule: Callable[[], Any], problems: list[str], data_findings: dict[str, list[str]],
@@ -140,10 +153,12 @@ def _check_method(
     if target.data_problems is not DistillationMethod.data_problems:
         try:
             data = datamodule()
+        except DataNotFoundError:
+            data = None  # files not on this machine (e.g. a GPU recipe validated on a laptop): the run repeats these checks
         except Exception as error:  # noqa: BLE001 - any failure to load the data is a recipe problem, told in one line
             problems.append(f"data: setting up the data module failed: {first_line(error)}")
             return
-        for problem in method.data_problems(data, teacher if target.needs_teacher else None):
+        for problem in method.data_problems(data, teacher if target.needs_teacher else None) if data is not None else ():
             data_findings.setdefault(problem, []).append(label)
     taps = {"teacher": (teacher, method.teacher_taps()), "student": (student, method.student_taps())}
     found = []
@@ -180,17 +195,20 @@ def _check_trainer(spec: TrainerSpec, problems: list[str]) -> None:
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._#@+-]*$")  # a label names files under the run directory
 
 
-def load_recipe(path_or_name: str, overrides: list[str] = ()) -> Recipe:
-    """Read, override and validate a recipe; every problem is reported at once.
+def load_recipe(path_or_name: str | dict[str, Any], overrides: list[str] = (), *, source: str = "python") -> Recipe:
+    """Read, override and validate a recipe (a file, a shipped name, or the recipe's mapping
+    itself, called ``source`` in messages); every problem is reported at once.
 
     Raises:
         RecipeError: one line per problem (bad YAML, unknown key or name, wrong type or range,
             missing teacher, cache used with augmentation, module paths that do not exist, tapped
             shapes a method cannot use, trainer settings Lightning cannot run here...).
     """
-    path = resolve_recipe_path(path_or_name)
-    source = str(path)
-    raw = read_yaml(path)
+    if isinstance(path_or_name, dict):
+        raw = copy.deepcopy(path_or_name)  # overrides edit it in place
+    else:
+        path = resolve_recipe_path(path_or_name)
+        source, raw = str(path), read_yaml(path)
     parsed, problems = parse_recipe_file(raw, list(overrides))
     # Components are checked from the raw sections even when the top level has problems, so that
     # one run of `anydistill validate` lists everything there is to fix.
@@ -293,9 +311,12 @@ def load_recipe(path_or_name: str, overrides: list[str] = ()) -> Recipe:
             student_model, teacher_model = build_models(data, student, teacher, files_data)
             if checkpoint:
                 load_teacher_weights(teacher_model, str(checkpoint), teacher.name)
-            for model in (student_model, teacher_model) if family == "classifier" else ():  # other families take other inputs
-                if model is not None:
-                    _dry_forward(model, input_shape, [])
+            num_classes = data_shapes(data, files_data)["num_classes"]
+            for role, model in (("student", student_model), ("teacher", teacher_model)) if family == "classifier" else ():  # other families take other inputs
+                width = _output_width(model, input_shape) if model is not None else None
+                if width is not None and num_classes and width != num_classes:
+                    problems.append(f"{role}: the model gives {width} outputs per row, but the data has {num_classes} classes; "
+                                    f"build it with num_classes={num_classes} (or give data with {width} classes).")
         except Exception as error:  # any failure to build or run a model is a recipe problem, told in one line
             problems.append(f"models: building or running the models on a {input_shape} input failed: {first_line(error)}")
         else:

@@ -26,18 +26,9 @@ def _print_problems(error: AnydistillError) -> int:
     return 2
 
 
-def _unique_name(root: Path, name: str) -> str:
-    """``name``, or ``name-2``, ``name-3``... when a run of that name exists (never overwrite)."""
-    candidate, n = name, 1
-    while (root / candidate).exists():
-        n += 1
-        candidate = f"{name}-{n}"
-    return candidate
-
-
 def command_run(args: argparse.Namespace) -> int:
     from anydistill.catalog import load_recipe
-    from anydistill.core.rundir import RunDir
+    from anydistill.core.rundir import RunDir, free_name
     from anydistill.report import console_table
     from anydistill.runner import is_main_process, run_recipe
 
@@ -58,7 +49,7 @@ def command_run(args: argparse.Namespace) -> int:
         if "ANYDISTILL_RUN_NAME" in os.environ:
             name = os.environ["ANYDISTILL_RUN_NAME"]
         elif args.name is None and "RANK" not in os.environ and "LOCAL_RANK" not in os.environ:
-            name = _unique_name(root, name)
+            name = free_name(root, name)
         run_dir = RunDir.create(root, name, is_main_process=is_main_process())
     # Set only for the run itself: an in-process caller (a test, a notebook) must not hand this
     # name on to the next run or to a child process it starts later.

@@ -32,6 +32,8 @@ from anydistill.report import write_report
 # Lightning's advice for multi-core data loading does not apply to in-memory tensors.
 warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 warnings.filterwarnings("ignore", message=".*`training_step` returned `None`.*")
+# Epoch-level metrics are logged whatever the step interval; a small dataset needs no advice.
+warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
 # Lightning's own use of a torch API that torch 2.13 deprecated; nothing a user can act on.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
@@ -107,10 +109,12 @@ def make_trainer(recipe: Recipe, run_dir: RunDir, label: str) -> L.Trainer:
     )
 
 
-def run_recipe(recipe: Recipe, run_dir: RunDir, *, resume: bool = False, command: str | None = None) -> dict[str, dict[str, Any]]:
+def run_recipe(recipe: Recipe, run_dir: RunDir, *, resume: bool = False, command: str | None = None,
+               trained: dict[str, torch.nn.Module] | None = None) -> dict[str, dict[str, Any]]:
     """Train and evaluate every method of ``recipe``; returns and writes ``metrics.json``.
 
     ``command`` is how the run was started, saved in run.json (the CLI passes its command line).
+    ``trained``, when given, receives each method's trained model by label (the Python API's result).
 
     With ``resume``, models already in metrics.json are skipped and an interrupted method continues
     from its last epoch-end checkpoint.
@@ -168,6 +172,10 @@ def run_recipe(recipe: Recipe, run_dir: RunDir, *, resume: bool = False, command
         earlier_log = read_csv_rows(log) if resume and main else []
         checkpoint = run_dir.last_checkpoint(label) if resume else None
         pending = pending_epoch_row(checkpoint) if earlier_log else None  # read now: fit overwrites last.ckpt
+        # Training randomness (dropout, augmentation, sampled negatives) starts from the seed
+        # whatever building the models drew: a module passed in from Python (copied, not built)
+        # trains exactly as the recipe that builds it.
+        L.seed_everything(recipe.seed, verbose=False)
         started = time.perf_counter()
         if component.target.own_loop:
             method.attach_data(datamodule)
@@ -180,6 +188,8 @@ def run_recipe(recipe: Recipe, run_dir: RunDir, *, resume: bool = False, command
         spec = recipe.resolved["teacher" if trains_teacher else "student"]
         if trains_teacher:
             teacher = Teacher(method.student, name=f"{recipe.teacher.name} (trained)")
+        if trained is not None:
+            trained[label] = method.student
         if main:
             evaluator.export(method.student, spec, run_dir.checkpoint_dir(label), component.name)
             role = "teacher" if trains_teacher else ("baseline" if component.target.baseline else "student")

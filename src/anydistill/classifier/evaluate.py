@@ -154,8 +154,10 @@ class ClassifierEvaluator(Evaluator):
         reference = self._teacher_features[key]
         return {f"cka/{t}~{s}": float(linear_cka(reference[t], student[s])) for t, s in self.cka_pairs}
 
-    def evaluate(self, model: nn.Module, teacher: Teacher | None, method: str) -> dict[str, Any]:
+    def evaluate(self, model: nn.Module, teacher: Teacher | nn.Module | None = None, method: str = "student") -> dict[str, Any]:
         reference = None
+        if isinstance(teacher, nn.Module):  # a bare network, from a user's own Trainer code
+            teacher = Teacher(teacher)
         if teacher is not None:
             key = id(teacher.model)
             if key not in self._teacher_predictions:

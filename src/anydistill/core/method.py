@@ -47,9 +47,11 @@ class DistillationMethod(L.LightningModule):
     own_loop: ClassVar[bool] = False
     unlabelled: ClassVar[bool] = False
 
-    def __init__(self, student: nn.Module, teacher: Teacher | None = None, optimizer: OptimizerSpec | None = None):
+    def __init__(self, student: nn.Module, teacher: Teacher | nn.Module | None = None, optimizer: OptimizerSpec | None = None):
         super().__init__()
         self.student = student
+        if isinstance(teacher, nn.Module):  # a bare network from a user's own Trainer code: frozen here
+            teacher = Teacher(teacher)
         self.teacher = teacher  # a plain object, not a submodule: never saved, never optimized
         self.optimizer_spec = optimizer or OptimizerSpec()
         self._epoch_sums: dict[str, list] = {}  # name -> [weighted sum, count]: not model state

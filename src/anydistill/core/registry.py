@@ -90,6 +90,12 @@ class Registry:
 
         return add
 
+    def unregister(self, name: str) -> None:
+        """Remove an entry added with ``register`` (shipped and plugin entries stay)."""
+        if name in self._paths or name in self.plugins():
+            raise ValueError(f"'{name}' is a shipped or plugin {self.kind}; only entries added with register() can be removed.")
+        self._objects.pop(name, None)
+
     def names(self) -> list[str]:
         """All registered names, sorted."""
         return sorted({*self._paths, *self._objects, *self.plugins()})

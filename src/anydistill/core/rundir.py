@@ -27,6 +27,15 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
+def free_name(root: Path, name: str) -> str:
+    """``name``, or ``name-2``, ``name-3``... when a run of that name exists under ``root`` (never overwrite)."""
+    candidate, n = name, 1
+    while (Path(root) / candidate).exists():
+        n += 1
+        candidate = f"{name}-{n}"
+    return candidate
+
+
 class RunDir:
     """The output directory of one run.
 

@@ -12,6 +12,17 @@ from torch import nn
 from anydistill.core.taps import capture_features
 
 
+def state_fingerprint(model: nn.Module, salt: str = "") -> str:
+    """SHA-256 of ``model``'s class name, ``salt`` and every parameter and buffer (names, dtypes,
+    shapes, bytes): equal exactly when two models hold the same weights."""
+    digest = hashlib.sha256(f"{model.__class__.__qualname__}|{salt}".encode())
+    for name, tensor in model.state_dict().items():
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 @dataclass
 class TeacherOutput:
     """What one teacher forward gives: ``logits`` [B, ...] and tapped ``features`` by module path."""
@@ -63,12 +74,7 @@ class Teacher:
         Computed afresh on each call (milliseconds for small teachers), so that in-place weight
         changes can never leave a stale cache looking valid.
         """
-        digest = hashlib.sha256(f"{self.model.__class__.__qualname__}|{self.spec}".encode())
-        for name, tensor in self.model.state_dict().items():
-            t = tensor.detach().cpu().contiguous()
-            digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-            digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-        return digest.hexdigest()
+        return state_fingerprint(self.model, self.spec)
 
     def num_parameters(self) -> int:
         """Number of parameters of the wrapped model."""

@@ -18,6 +18,6 @@ class ReportError(AnydistillError):
 
 # Imported after ReportError because markdown.py imports it from this package.
 from anydistill.report.markdown import write_report  # noqa: E402
-from anydistill.report.tables import console_table, metrics_table  # noqa: E402
+from anydistill.report.tables import console_table, html_table, metrics_table  # noqa: E402
 
-__all__ = ["ReportError", "console_table", "metrics_table", "write_report"]
+__all__ = ["ReportError", "console_table", "html_table", "metrics_table", "write_report"]

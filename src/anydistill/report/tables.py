@@ -11,6 +11,7 @@ Entries may lack keys (rendered as ``MISSING``) and families add their own metri
 from __future__ import annotations
 
 import fnmatch
+import html
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -161,3 +162,13 @@ def console_table(metrics: Mapping[str, Mapping[str, object]], title: str | None
         # Text(), not str: a label like "kd[t=4]" must not be parsed as rich markup.
         table.add_row(*(Text(cell) for cell in row))
     return table
+
+
+def html_table(metrics: Mapping[str, Mapping[str, object]], title: str | None = None, columns: Sequence[str] = ()) -> str:
+    """Render ``metrics`` as an HTML table (a notebook's rich display), same cells as `console_table`."""
+    shown = headline_columns(metrics, columns)
+    headers, rows = table_rows(*rows_per_step(metrics, shown))
+    cells = lambda tag, line: "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in line)  # noqa: E731
+    caption = f"<caption>{html.escape(title)}</caption>" if title else ""
+    body = "".join(f"<tr>{cells('td', row)}</tr>" for row in rows)
+    return f"<table>{caption}<thead><tr>{cells('th', headers)}</tr></thead><tbody>{body}</tbody></table>"

@@ -1,0 +1,148 @@
+"""`distill`: objects in, a distilled student out, through the same recipe loader and runner as
+the CLI (a call is a recipe built from its arguments; nothing here configures a method itself)."""
+
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+from typing import Any
+
+from anydistill.api.inputs import Inputs
+from anydistill.api.result import DistillResult
+from anydistill.catalog import load_recipe
+from anydistill.core.errors import RecipeError
+from anydistill.core.rundir import RunDir, free_name
+from anydistill.runner import run_recipe
+
+SOURCE = "distill()"  # how messages name the call, where a recipe file's path would be
+
+
+def distill(
+    teacher: Any = None,
+    student: Any = None,
+    data: Any = None,
+    method: str = "kd",
+    *,
+    label: str | None = None,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    optimizer: str | dict[str, Any] | None = None,
+    trainer: dict[str, Any] | None = None,
+    evaluation: dict[str, Any] | None = None,
+    seed: int = 0,
+    name: str | None = None,
+    runs: str | Path = "runs",
+    run_dir: str | Path | None = None,
+    **method_params: Any,
+) -> DistillResult:
+    """Distill ``teacher`` into ``student`` on ``data`` with ``method``, evaluate every model with
+    the family's evaluator, and return the trained student and the metrics table.
+
+    The call is the recipe ``{data, teacher, student, trainer: {max_epochs: epochs}, optimizer,
+    evaluation, methods: {label: {name: method, **method_params}}}``, checked by the recipe loader
+    (every problem at once, in one `RecipeError`) and run by the CLI's runner into a new run
+    directory; nothing is written when a check fails.
+
+    Args:
+        teacher: an ``nn.Module`` (used as is, frozen), a model name or ``{name: ..., options}``
+            mapping, or the folder / ``model.safetensors`` of a run's exported model. None for
+            methods without a teacher (``scratch``, most dataset-distillation methods).
+        student: an ``nn.Module`` (copied for every method, so each starts from its weights), a
+            model name or mapping (``"synthetic-set"`` / ``{"name": "synthetic-set", "ipc": 10}``
+            for dataset distillation).
+        data: tensors ``(X [N, ...], y [N])``, a map-style ``Dataset`` or a ``DataLoader`` of
+            ``(x, y)`` pairs (read once into memory), a ``datasets.Dataset`` with a ``label``
+            column, ``{"train": (X, y), "val": ..., "test": ...}`` (a missing split is held out of
+            train: 10 % val, 20 % test), or a data-module name / ``{name: ..., options}``.
+        method: a registered method name (``anydistill methods``).
+        label: the method's label in the run (default: ``method``).
+        epochs, batch_size: ``trainer.max_epochs`` and ``data.batch_size``.
+        optimizer: a name (``"sgd"``) or the recipe's ``optimizer`` mapping.
+        trainer, evaluation: the recipe's ``trainer`` and ``evaluation`` mappings.
+        seed: the run's seed.
+        name, runs: the run directory is ``runs/name`` (default name: ``<method>-python``,
+            suffixed ``-2``, ``-3``... when taken).
+        run_dir: the exact run directory to create instead (refused if it exists).
+        method_params: the method's parameters (``temperature=4.0``), as in a recipe.
+
+    Returns:
+        A `DistillResult`: ``.student``, ``.metrics``, ``.run_dir``, ``.compare(...)``.
+
+    Raises:
+        RecipeError: every problem with the arguments, one line each.
+        RunDirError: ``run_dir`` exists.
+    """
+    label = label or method
+    inputs, problems, raw = Inputs(), [], {"name": name or f"{method}-python", "seed": seed}
+    failed = set()
+    for role, value, convert in (("teacher", teacher, inputs.model), ("student", student, inputs.model), ("data", data, inputs.data)):
+        if value is None:
+            if role == "data":
+                problems.append("data: give the data to distill on (tensors (X, y), a Dataset, a DataLoader, or a data-module name).")
+                failed.add(role)
+            continue
+        try:
+            raw[role] = convert(value, role) if role != "data" else convert(value)
+        except ValueError as error:
+            problems.append(str(error))
+            failed.add(role)
+    if batch_size is not None and "data" in raw:
+        raw["data"]["batch_size"] = batch_size
+    if trainer or epochs is not None:
+        raw["trainer"] = {**(trainer or {}), **({"max_epochs": epochs} if epochs is not None else {})}
+    if optimizer is not None:
+        raw["optimizer"] = {"name": optimizer} if isinstance(optimizer, str) else dict(optimizer)
+    if evaluation is not None:
+        raw["evaluation"] = dict(evaluation)
+    raw["methods"] = {label: {**({"name": method} if label != method else {}), **method_params}}
+    recipe = _load(raw, inputs, problems, failed)
+    directory = RunDir.create(Path(run_dir).parent, Path(run_dir).name) if run_dir is not None else RunDir.create(
+        Path(runs), free_name(Path(runs), recipe.name))
+    result = DistillResult(label, {}, {}, directory.path, tuple(recipe.evaluation.target.headline), rerun=_rerunner(raw, inputs))
+    _run(recipe, inputs, directory, result, resume=False)
+    return result
+
+
+def _load(raw: dict[str, Any], inputs: Inputs, problems: list[str], failed: set[str]) -> Any:
+    """The validated recipe, or a `RecipeError` with the arguments' problems and the loader's
+    (minus those about a section whose argument was already refused)."""
+    with inputs.registered():
+        try:
+            recipe = load_recipe(raw, source=SOURCE)
+        except RecipeError as error:
+            prefix = f"{SOURCE}: "
+            found = [p.removeprefix(prefix) for p in error.problems]
+            problems += [p for p in found if p.split(".")[0].split(":")[0] not in failed]
+    if problems:
+        raise RecipeError([f"{SOURCE}: {p}" for p in problems])
+    recipe.resolved = inputs.describe(recipe.resolved)
+    return recipe
+
+
+def _run(recipe: Any, inputs: Inputs, directory: RunDir, result: DistillResult, resume: bool) -> None:
+    script = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
+    with inputs.registered():
+        if resume:  # compare(): the config grows by the new methods; run.json keeps how the run began
+            directory.write_config(recipe.resolved)
+        result.rows = run_recipe(recipe, directory, resume=resume, trained=result.models,
+                                 command=f"python-api: anydistill.distill(method={result.label!r}) from {script}")
+
+
+def _rerunner(raw: dict[str, Any], inputs: Inputs) -> Any:
+    """`DistillResult.compare`: the same call with more methods, resumed in the same run directory."""
+    state = {"raw": raw}
+
+    def rerun(result: DistillResult, methods: list[str], params: dict[str, dict[str, Any]]) -> DistillResult:
+        grown = copy.deepcopy(state["raw"])
+        taken = [m for m in methods if m in grown["methods"]]
+        if taken:
+            raise RecipeError([f"{SOURCE}: compare: '{m}' is already in this run; give another method." for m in taken])
+        for method in methods:
+            grown["methods"][method] = dict(params.get(method) or {})
+        recipe = _load(grown, inputs, [], set())
+        _run(recipe, inputs, RunDir(result.run_dir), result, resume=True)
+        state["raw"] = grown
+        return result
+
+    return rerun
