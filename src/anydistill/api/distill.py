@@ -13,6 +13,7 @@ from anydistill.api.result import DistillResult
 from anydistill.catalog import load_recipe
 from anydistill.core.errors import RecipeError
 from anydistill.core.rundir import RunDir, free_name
+from anydistill.registries import METHODS
 from anydistill.runner import run_recipe
 
 SOURCE = "distill()"  # how messages name the call, where a recipe file's path would be
@@ -75,6 +76,7 @@ def distill(
     """
     label = label or method
     inputs, problems, raw = Inputs(), [], {"name": name or f"{method}-python", "seed": seed}
+    family = METHODS.get(method).family if method in METHODS else None
     failed = set()
     for role, value, convert in (("teacher", teacher, inputs.model), ("student", student, inputs.model), ("data", data, inputs.data)):
         if value is None:
@@ -83,7 +85,7 @@ def distill(
                 failed.add(role)
             continue
         try:
-            raw[role] = convert(value, role) if role != "data" else convert(value)
+            raw[role] = convert(value, role) if role != "data" else convert(value, family)
         except ValueError as error:
             problems.append(str(error))
             failed.add(role)

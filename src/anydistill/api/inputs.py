@@ -18,10 +18,14 @@ from typing import Any, Iterator
 
 from torch import nn
 
-from anydistill.core.registry import Registry
+from anydistill.core.registry import Registry, import_object
 from anydistill.core.teacher import state_fingerprint
 from anydistill.data.in_memory import InMemoryData, arrays_from
 from anydistill.registries import DATA, MODELS
+
+# Families whose in-memory data is not (x, y) arrays: "module:function" taking the caller's value
+# and returning (data-module class, what config.yaml records, the section's other options).
+IN_MEMORY_DATA: dict[str, str] = {}
 
 IN_MEMORY_NOTE = ("passed in memory from Python: `anydistill run` cannot rebuild it from this file; "
                   "pass a registered name or a checkpoint path instead to make the config replayable")
@@ -73,12 +77,17 @@ class Inputs:
         raise ValueError(f"{role}: got {type(value).__name__}; give an nn.Module, a model name (`anydistill methods` lists the "
                          f"recipes' names), a {{'name': ..., options}} mapping" + (", or a run's model.safetensors" if role == "teacher" else "") + ".")
 
-    def data(self, value: Any) -> dict[str, Any]:
-        """The ``data`` section: a data-module name or mapping, or arrays held in memory (`arrays_from`)."""
+    def data(self, value: Any, family: str | None = None) -> dict[str, Any]:
+        """The ``data`` section: a data-module name or mapping, or what a caller holds in memory,
+        bound by the family's binder (`IN_MEMORY_DATA`; classifiers and dataset distillation:
+        `arrays_from`)."""
         if isinstance(value, str):
             return {"name": value}
         if isinstance(value, dict) and "name" in value:
             return dict(value)
+        if family in IN_MEMORY_DATA:
+            target, record, options = import_object(IN_MEMORY_DATA[family])(value)
+            return {**self._register("data", DATA, target, {**record, "note": IN_MEMORY_NOTE}), **options}
         arrays = arrays_from(value)
         splits = ", ".join(f"{name} {len(x)} rows" for name, (x, _) in arrays.items())
         target = InMemoryData.bind(arrays, f"in-memory {type(value).__name__} ({splits})")
