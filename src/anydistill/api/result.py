@@ -62,6 +62,13 @@ class DistillResult:
             raise RuntimeError("this result was not made by anydistill.distill; it cannot train more methods.")
         return self.rerun(self, [*methods, *[m for m in params if m not in methods]], params)
 
+    def figures(self) -> dict[str, Any]:
+        """The report's figures (matplotlib ``Figure``s by caption: learning curves, accuracy vs.
+        size), drawn from the run directory; the same images are saved under ``run_dir/plots``."""
+        from anydistill.report.markdown import run_figures
+
+        return {caption: figure for caption, (_, figure) in run_figures(self.run_dir, self.rows).items() if figure is not None}
+
     def table(self) -> Any:
         """The headline columns as a rich ``Table`` (what the CLI prints)."""
         return console_table(self.rows, title=f"{self.run_dir.name}: test split", columns=self.headline)

@@ -23,10 +23,12 @@ import yaml
 
 from anydistill.report import ReportError
 from anydistill.report.plots import (
+    Figure,
     LogReadError,
+    accuracy_vs_params_figure,
     label_colors,
-    plot_accuracy_vs_params,
-    plot_learning_curves,
+    learning_curves_figure,
+    save_figure,
 )
 from anydistill.report.tables import MISSING, metrics_table
 
@@ -144,23 +146,25 @@ def _find_log_csvs(run_dir: Path, metrics: Mapping[str, dict]) -> dict[str, Path
 # --- plots --------------------------------------------------------------------------------------
 
 
-def _write_plots(run_dir: Path, metrics: Mapping[str, dict]) -> list[tuple[str, str]]:
-    """Write the PNGs and return ``(caption, relative path)`` for those that had data."""
-    plots_dir = run_dir / "plots"
+def run_figures(run_dir: Path, metrics: Mapping[str, dict] | None = None) -> dict[str, tuple[str, Figure | None]]:
+    """The report's figures of a run, by caption: ``(PNG file name, figure or None when it has no data)``."""
+    metrics = _read_metrics(run_dir) if metrics is None else metrics
     log_csvs = _find_log_csvs(run_dir, metrics)
     # One colour per model across all figures, assigned in table order.
     colors = label_colors([*metrics, *(label for label in log_csvs if label not in metrics)])
-    makers = (
-        ("Learning curves", "learning_curves.png", lambda out: plot_learning_curves(log_csvs, out, colors)),
-        ("Accuracy vs. model size", "accuracy_vs_params.png", lambda out: plot_accuracy_vs_params(metrics, out, colors)),
-    )
+    try:
+        return {"Learning curves": ("learning_curves.png", learning_curves_figure(log_csvs, colors)),
+                "Accuracy vs. model size": ("accuracy_vs_params.png", accuracy_vs_params_figure(metrics, colors))}
+    except LogReadError as err:  # its message names the file
+        raise ReportError(f"{_one_line(err)}: delete that file to report without its curves") from err
+
+
+def _write_plots(run_dir: Path, metrics: Mapping[str, dict]) -> list[tuple[str, str]]:
+    """Write the PNGs and return ``(caption, relative path)`` for those that had data."""
     figures = []
-    for caption, filename, make in makers:
-        path = plots_dir / filename
-        try:
-            written = make(path)
-        except LogReadError as err:  # its message names the file
-            raise ReportError(f"{_one_line(err)}: delete that file to report without its curves") from err
+    for caption, (filename, figure) in run_figures(run_dir, metrics).items():
+        path = run_dir / "plots" / filename
+        written = save_figure(figure, path) if figure is not None else None
         if written is None:
             # An image from an earlier report would otherwise sit beside a report that no longer shows it.
             path.unlink(missing_ok=True)

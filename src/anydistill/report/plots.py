@@ -94,7 +94,7 @@ def label_colors(labels: Iterable[str]) -> dict[str, str]:
     return {label: palette[index % len(palette)] for index, label in enumerate(labels)}
 
 
-def _save(fig: Figure, out: Path) -> Path:
+def save_figure(fig: Figure, out: Path) -> Path:
     """Write ``fig`` as PNG to ``out`` atomically (temp file + ``os.replace``)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -115,15 +115,20 @@ def _save(fig: Figure, out: Path) -> Path:
 def plot_learning_curves(
     log_csvs: Mapping[str, Path], out: Path, colors: Mapping[str, str] | None = None
 ) -> Path | None:
-    """Plot validation accuracy and training loss per epoch, one line per label.
+    """Write `learning_curves_figure` as a PNG at ``out``; ``None`` (nothing written) when it has no data."""
+    fig = learning_curves_figure(log_csvs, colors)
+    return save_figure(fig, out) if fig is not None else None
+
+
+def learning_curves_figure(log_csvs: Mapping[str, Path], colors: Mapping[str, str] | None = None) -> Figure | None:
+    """Validation accuracy and training loss per epoch, one line per label.
 
     Args:
         log_csvs: model label -> path of its Lightning ``metrics.csv``.
-        out: PNG path to write.
         colors: label -> matplotlib colour (see ``label_colors``); default: cycle in order.
 
     Returns:
-        ``out``, or ``None`` when no CSV holds a validation accuracy or an epoch training loss.
+        The figure, or ``None`` when no CSV holds a validation accuracy or an epoch training loss.
     """
     curves = {}
     for label, path in log_csvs.items():
@@ -163,19 +168,25 @@ def plot_learning_curves(
             ax.legend(fontsize="small")
         else:
             ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes)
-    return _save(fig, out)
+    return fig
 
 
 def plot_accuracy_vs_params(
     metrics: Mapping[str, Mapping[str, object]], out: Path, colors: Mapping[str, str] | None = None
 ) -> Path | None:
-    """Scatter test accuracy against parameter count (log x), one labelled point per model.
+    """Write `accuracy_vs_params_figure` as a PNG at ``out``; ``None`` (nothing written) when it has no data."""
+    fig = accuracy_vs_params_figure(metrics, colors)
+    return save_figure(fig, out) if fig is not None else None
+
+
+def accuracy_vs_params_figure(metrics: Mapping[str, Mapping[str, object]], colors: Mapping[str, str] | None = None) -> Figure | None:
+    """Test accuracy against parameter count (log x), one labelled point per model.
 
     The teacher (``role == "teacher"``) is drawn as a star so the trade-off reads at a glance.
     ``colors`` maps label -> colour (see ``label_colors``); default: cycle in ``metrics`` order.
 
     Returns:
-        ``out``, or ``None`` when fewer than two models have both ``accuracy`` and ``params``.
+        The figure, or ``None`` when fewer than two models have both ``accuracy`` and ``params``.
     """
     points = [
         (label, float(entry["params"]), 100 * float(entry["accuracy"]), entry.get("role"))
@@ -200,7 +211,7 @@ def plot_accuracy_vs_params(
     ax.grid(True, which="both", alpha=0.3)
     # Room for the labels of the outermost points, which log scaling would otherwise clip.
     ax.margins(x=0.15, y=0.12)
-    return _save(fig, out)
+    return fig
 
 
 def _finite_number(value: object) -> bool:
