@@ -135,6 +135,19 @@ def _output_width(model: Any, input_shape: tuple[int, ...]) -> int | None:
     return out.shape[-1] if isinstance(out, torch.Tensor) and out.dim() >= 2 else None
 
 
+def _architecture_mismatch(label: str, name: str, teacher: Any, student: Any) -> list[str]:
+    """A problem when the student cannot take the teacher's weights (a method that starts from them)."""
+    theirs = {k: tuple(v.shape) for k, v in teacher.state_dict().items()}
+    ours = {k: tuple(v.shape) for k, v in student.state_dict().items()}
+    differ = sorted(k for k in theirs.keys() | ours.keys() if theirs.get(k) != ours.get(k))
+    if not differ:
+        return []
+    first = differ[0]
+    return [f"methods.{label}: '{name}' starts the student from the teacher's weights, so the student needs the teacher's "
+            f"architecture; {len(differ)} tensors differ (e.g. '{first}': teacher {theirs.get(first, 'absent')}, student "
+            f"{ours.get(first, 'absent')}). Give the student the teacher's options."]
+
+
 def _check_method(
     label: str, component: Component, teacher: Any, student: Any, input_shape: tuple[int, ...], max_epochs: int,
     datamodule: Callable[[], Any], problems: list[str], data_findings: dict[str, list[str]],
@@ -168,6 +181,8 @@ def _check_method(
                 find_module(model, path)
             except LookupError as error:
                 found.append(f"methods.{label}: {role} layer: {error}")
+    if method.starts_from_teacher() and teacher is not None and student is not None:
+        found += _architecture_mismatch(label, component.name, teacher, student)
     if found:
         problems.extend(found)
         return

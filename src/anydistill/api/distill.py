@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from anydistill.api.inputs import Inputs
 from anydistill.api.result import DistillResult
 from anydistill.catalog import load_recipe
@@ -25,9 +27,11 @@ def distill(
     data: Any = None,
     method: str = "kd",
     *,
+    tokenizer: Any = None,
     label: str | None = None,
     epochs: int | None = None,
     batch_size: int | None = None,
+    data_options: dict[str, Any] | None = None,
     optimizer: str | dict[str, Any] | None = None,
     trainer: dict[str, Any] | None = None,
     evaluation: dict[str, Any] | None = None,
@@ -56,9 +60,18 @@ def distill(
             ``(x, y)`` pairs (read once into memory), a ``datasets.Dataset`` with a ``label``
             column, ``{"train": (X, y), "val": ..., "test": ...}`` (a missing split is held out of
             train: 10 % val, 20 % test), or a data-module name / ``{name: ..., options}``.
+            Language models: a ``datasets.Dataset`` (or ``DatasetDict``, or a list of row dicts) in
+            TRL's formats (``text``; ``prompt`` + ``completion``; ``messages``). Diffusion: points
+            ``[N, 2]`` or images ``[N, C, H, W]``, optionally ``(X, y)`` for class-conditional models.
         method: a registered method name (``anydistill methods``).
+        tokenizer: language models: a transformers tokenizer or the folder it was saved to
+            (``data.tokenizer``); default: the teacher's folder when the teacher is given as one
+            (a folder path or ``{name: hf-causal-lm, path: ...}``), else the student's.
         label: the method's label in the run (default: ``method``).
         epochs, batch_size: ``trainer.max_epochs`` and ``data.batch_size``.
+        data_options: more of the data section's options, as in a recipe (``{"block_size": 128,
+            "prompt_tokens": 16}`` for text held in memory: `LMDataset`'s; points and images:
+            ``val_fraction``, ``split_seed``...; see docs/data.md).
         optimizer: a name (``"sgd"``) or the recipe's ``optimizer`` mapping.
         trainer, evaluation: the recipe's ``trainer`` and ``evaluation`` mappings.
         seed: the run's seed.
@@ -75,8 +88,9 @@ def distill(
         RunDirError: ``run_dir`` exists.
     """
     label = label or method
-    inputs, problems, raw = Inputs(), [], {"name": name or f"{method}-python", "seed": seed}
-    family = METHODS.get(method).family if method in METHODS else None
+    known = METHODS.get(method) if method in METHODS else None
+    family = known.family if known is not None else None
+    inputs, problems, raw = Inputs(trains_teacher=known is not None and known.trains == "teacher"), [], {"name": name or f"{method}-python", "seed": seed}
     failed = set()
     for role, value, convert in (("teacher", teacher, inputs.model), ("student", student, inputs.model), ("data", data, inputs.data)):
         if value is None:
@@ -85,12 +99,16 @@ def distill(
                 failed.add(role)
             continue
         try:
-            raw[role] = convert(value, role) if role != "data" else convert(value, family)
+            if role != "data":
+                raw[role] = convert(value, role)
+                _check_module(value, role, family)
+            else:
+                raw[role] = convert(value, family, _data_options(family, tokenizer, value, raw, inputs))
         except ValueError as error:
             problems.append(str(error))
             failed.add(role)
-    if batch_size is not None and "data" in raw:
-        raw["data"]["batch_size"] = batch_size
+    if "data" in raw:
+        raw["data"].update({**(data_options or {}), **({"batch_size": batch_size} if batch_size is not None else {})})
     if trainer or epochs is not None:
         raw["trainer"] = {**(trainer or {}), **({"max_epochs": epochs} if epochs is not None else {})}
     if optimizer is not None:
@@ -104,6 +122,31 @@ def distill(
     result = DistillResult(label, {}, {}, directory.path, tuple(recipe.evaluation.target.headline), rerun=_rerunner(raw, inputs))
     _run(recipe, inputs, directory, result, resume=False)
     return result
+
+
+def _data_options(family: str | None, tokenizer: Any, data: Any, raw: dict[str, Any], inputs: Inputs) -> dict[str, Any]:
+    """The family's keywords for the data section: a language model's tokenizer, by default (for
+    text in memory or an ``lm-dataset`` mapping) the teacher's folder, else the student's, as the
+    recipes name it."""
+    named = isinstance(data, str) or (isinstance(data, dict) and "name" in data)
+    if tokenizer is None and family == "lm" and (not named or (isinstance(data, dict) and data["name"] == "lm-dataset")):
+        tokenizer = inputs.folder_of(raw.get("teacher")) or inputs.folder_of(raw.get("student"))
+    return {"tokenizer": tokenizer} if tokenizer is not None else {}
+
+
+def _check_module(value: Any, role: str, family: str | None) -> None:
+    """Refuse a module the family cannot read before anything runs: the recipe loader never sees
+    one, as its builders make the right kind (a diffusion model names its schedule and prediction;
+    a language model is a transformers model, with a config)."""
+    if not isinstance(value, nn.Module):
+        return
+    if family == "diffusion" and not all(hasattr(value, a) for a in ("schedule", "prediction", "preconditioning")):
+        raise ValueError(f"{role}: got a {type(value).__name__} that does not say how it is read; wrap the network as "
+                         "anydistill.models.flow_denoisers.Denoiser(net, schedule='rectified-flow', prediction='velocity', "
+                         "preconditioning='none') (or build it with mlp_flow_denoiser / conv_flow_denoiser).")
+    if family == "lm" and not (hasattr(value, "config") and hasattr(value, "get_output_embeddings")):
+        raise ValueError(f"{role}: got a {type(value).__name__}; the language-model methods take a transformers causal LM "
+                         "(AutoModelForCausalLM.from_pretrained(folder)), its folder, or {'name': 'hf-causal-lm', 'path': folder}.")
 
 
 def _load(raw: dict[str, Any], inputs: Inputs, problems: list[str], failed: set[str]) -> Any:

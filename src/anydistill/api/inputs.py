@@ -24,8 +24,12 @@ from anydistill.data.in_memory import InMemoryData, arrays_from
 from anydistill.registries import DATA, MODELS
 
 # Families whose in-memory data is not (x, y) arrays: "module:function" taking the caller's value
-# and returning (data-module class, what config.yaml records, the section's other options).
-IN_MEMORY_DATA: dict[str, str] = {}
+# (and the family's keywords of `distill`, e.g. ``tokenizer``) and returning (data-module class,
+# what config.yaml records, the section's other options).
+IN_MEMORY_DATA: dict[str, str] = {
+    "lm": "anydistill.data.in_memory_text:bind_lm_data",
+    "diffusion": "anydistill.data.in_memory_generation:bind_generation_data",
+}
 
 IN_MEMORY_NOTE = ("passed in memory from Python: `anydistill run` cannot rebuild it from this file; "
                   "pass a registered name or a checkpoint path instead to make the config replayable")
@@ -44,21 +48,27 @@ class InMemory:
 class Inputs:
     """The recipe sections of one Python call and the in-memory objects behind them, by role."""
 
-    def __init__(self) -> None:
+    def __init__(self, trains_teacher: bool = False) -> None:
         self.entries: dict[str, InMemory] = {}
+        self.trains_teacher = trains_teacher  # the method trains the teacher role: copy it too
 
     def model(self, value: Any, role: str) -> dict[str, Any] | None:
         """The ``student`` / ``teacher`` section for ``value``: an ``nn.Module`` (a student is
         copied for each method, so every method starts from the same weights; a teacher is used
-        as is, frozen), a registered model name, a ``{name: ..., options}`` mapping, or (teacher) a
-        ``model.safetensors`` written by a run, or its folder, with the ``model.json`` beside it."""
-        if value is None or isinstance(value, dict):
-            return dict(value) if value is not None else None
+        as is, frozen), a registered model name, a ``{name: ..., options}`` mapping, a folder whose
+        config.json names a causal LM (``{name: hf-causal-lm, path: folder}``: transformers'
+        ``save_pretrained``, a run's LM export), or (teacher) a ``model.safetensors`` written by a
+        run, or its folder, with the ``model.json`` beside it."""
+        if value is None or isinstance(value, dict):  # paths as strings: the recipe's types are strict
+            return {k: str(v) if isinstance(v, os.PathLike) else v for k, v in value.items()} if value is not None else None
         if isinstance(value, nn.Module):
             module = value
 
             def build(input_shape: Any = None, num_classes: Any = None) -> nn.Module:
-                return copy.deepcopy(module) if role == "student" else module
+                # A student trains as a builder's would: in train mode (from_pretrained returns eval mode).
+                if role == "student" or self.trains_teacher:  # trained: a copy, never the caller's module
+                    return copy.deepcopy(module).train()
+                return module
 
             record = {"class": f"{type(module).__module__}.{type(module).__qualname__}",
                       "parameters": sum(p.numel() for p in module.parameters()),
@@ -66,6 +76,8 @@ class Inputs:
             return self._register(role, MODELS, build, record)
         if isinstance(value, str | os.PathLike):
             path = Path(value)
+            if str(value) not in MODELS and causal_lm_folder(path):  # save_pretrained wrote it (a run's LM export too)
+                return {"name": "hf-causal-lm", "path": str(value)}
             weights = path / "model.safetensors" if path.is_dir() else path
             if weights.suffix == ".safetensors" and role == "teacher":
                 spec = weights.with_name("model.json")
@@ -77,17 +89,25 @@ class Inputs:
         raise ValueError(f"{role}: got {type(value).__name__}; give an nn.Module, a model name (`anydistill methods` lists the "
                          f"recipes' names), a {{'name': ..., options}} mapping" + (", or a run's model.safetensors" if role == "teacher" else "") + ".")
 
-    def data(self, value: Any, family: str | None = None) -> dict[str, Any]:
+    def data(self, value: Any, family: str | None = None, options: dict[str, Any] | None = None) -> dict[str, Any]:
         """The ``data`` section: a data-module name or mapping, or what a caller holds in memory,
         bound by the family's binder (`IN_MEMORY_DATA`; classifiers and dataset distillation:
-        `arrays_from`)."""
-        if isinstance(value, str):
-            return {"name": value}
-        if isinstance(value, dict) and "name" in value:
-            return dict(value)
+        `arrays_from`). ``options`` are the family's keywords of the call (``tokenizer``): given to
+        the binder, or added to a name's or mapping's section when they are paths."""
+        options = {k: v for k, v in (options or {}).items() if v is not None}
+        if isinstance(value, str) or (isinstance(value, dict) and "name" in value):
+            section = {"name": value} if isinstance(value, str) else {k: str(v) if isinstance(v, os.PathLike) else v for k, v in value.items()}
+            for key, option in options.items():
+                if not isinstance(option, str | os.PathLike):
+                    raise ValueError(f"{key}: a {type(option).__name__} object goes with data held in memory; with data "
+                                     f"'{section['name']}' give the folder it was saved to ({key}.save_pretrained(folder)).")
+                section.setdefault(key, str(option))
+            return section
         if family in IN_MEMORY_DATA:
-            target, record, options = import_object(IN_MEMORY_DATA[family])(value)
-            return {**self._register("data", DATA, target, {**record, "note": IN_MEMORY_NOTE}), **options}
+            target, record, section_options = import_object(IN_MEMORY_DATA[family])(value, **options)
+            return {**self._register("data", DATA, target, {**record, "note": IN_MEMORY_NOTE}), **section_options}
+        if options:
+            raise ValueError(f"{', '.join(options)}: only language-model methods read a tokenizer; drop it.")
         arrays = arrays_from(value)
         splits = ", ".join(f"{name} {len(x)} rows" for name, (x, _) in arrays.items())
         target = InMemoryData.bind(arrays, f"in-memory {type(value).__name__} ({splits})")
@@ -121,10 +141,31 @@ class Inputs:
         for role, entry in self.entries.items():
             section = dict(out.get(role) or {})
             section.pop("name", None)
+            # An option left unset (an in-memory text's tokenizer folder) does not hide what the record says of it.
+            section = {k: v for k, v in section.items() if not (v is None and k in entry.record)}
             out[role] = {"name": "in-memory", **entry.record, **section}
         return out
+
+    @staticmethod
+    def folder_of(section: dict[str, Any] | None) -> str | None:
+        """The model folder of a ``{name: hf-causal-lm, path: ...}`` section (what the recipes
+        name as ``data.tokenizer``), or None."""
+        return section.get("path") if section and section.get("name") == "hf-causal-lm" else None
 
     @property
     def replayable(self) -> bool:
         """Whether every object is a name or a path, so `anydistill run config.yaml` replays the run."""
         return not self.entries
+
+
+def causal_lm_folder(path: Path) -> bool:
+    """Whether ``path`` is a folder whose config.json names a causal language model (transformers'
+    ``save_pretrained``), which `hf-causal-lm` loads: reads config.json only."""
+    if not (path / "config.json").is_file():
+        return False
+    from anydistill.models.hf_causal_lm import folder_problem
+
+    try:
+        return folder_problem(str(path)) is None
+    except ImportError:  # transformers is not installed: not a folder anydistill can load as an LM
+        return False

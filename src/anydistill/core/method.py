@@ -68,6 +68,11 @@ class DistillationMethod(L.LightningModule):
         table, say); the recipe loader writes them into the run's config.yaml. None by default."""
         return {}
 
+    def starts_from_teacher(self) -> bool:
+        """Whether training begins by copying the teacher's weights into the student (the
+        recipe loader then requires the two architectures to match). False by default."""
+        return False
+
     def teacher_taps(self) -> list[str]:
         """Module paths of the teacher whose outputs the method reads (validated against the model)."""
         return []

@@ -114,12 +114,21 @@ def load_tokenizer(folder: str):
     """
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    return checked_tokenizer(AutoTokenizer.from_pretrained(folder, local_files_only=True), f"in {folder}")
+
+
+def checked_tokenizer(tokenizer, where: str):
+    """``tokenizer`` if it is fast and has ``<eos>``, with ``<eos>`` as padding when it has no pad
+    token; ``where`` ("in FOLDER") says in messages which tokenizer is at fault.
+
+    Raises:
+        ValueError: no fast tokenizer (``tokenizer.json``) or no ``<eos>`` token.
+    """
     if not tokenizer.is_fast:
-        raise ValueError(f"The tokenizer in {folder} is not a fast tokenizer: save it with a tokenizer.json "
+        raise ValueError(f"The tokenizer {where} is not a fast tokenizer: save it with a tokenizer.json "
                          "(AutoTokenizer.from_pretrained(..., use_fast=True).save_pretrained(folder)).")
     if tokenizer.eos_token_id is None:
-        raise ValueError(f"The tokenizer in {folder} has no eos token: set one (tokenizer.eos_token = ...) and save it again.")
+        raise ValueError(f"The tokenizer {where} has no eos token: set one (tokenizer.eos_token = ...) and save it again.")
     if tokenizer.pad_token_id is None:  # common for causal LMs; padded positions are masked out anyway
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -253,8 +262,14 @@ class LMDataset(L.LightningDataModule):
         raise ValueError(f"The {name} data ({self.sources[name]}) has no 'messages', 'prompt' + 'completion' or 'text' column "
                          f"(columns found: {', '.join(columns) or 'none'}): rename the columns to one of TRL's formats.")
 
+    def _tokenizer(self):
+        """The tokenizer the rows are tokenised with (`load_tokenizer` of the folder; a subclass may
+        hold one in memory)."""
+        return load_tokenizer(self.tokenizer_folder)
+
     def _rows(self) -> dict[str, Any]:
-        """``{split: datasets.Dataset}`` of the splits given as files (a saved DatasetDict gives its own)."""
+        """``{split: datasets.Dataset}`` of the splits given as files (a saved DatasetDict gives its
+        own); the one step that reads, so a subclass serving rows held in memory overrides it."""
         import datasets
 
         rows: dict[str, Any] = {}
@@ -355,7 +370,7 @@ class LMDataset(L.LightningDataModule):
             return
         if self.prompt_tokens >= self.block_size:
             raise ValueError(f"The 'prompt_tokens' parameter of lm-dataset must be < block_size={self.block_size}. Got {self.prompt_tokens}.")
-        self.tokenizer = load_tokenizer(self.tokenizer_folder)
+        self.tokenizer = self._tokenizer()
         tables = self._rows()
         formats = {name: self._resolve_format(name, list(table.column_names)) for name, table in tables.items()}
         if len(set(formats.values())) > 1:

@@ -79,6 +79,9 @@ class ConsistencyDistillation(DistillationMethod):
         self.distance, self.huber_c, self.spacing, self.cfg = distance, huber_c, spacing, cfg
         self.sample_steps = sorted(set(sample_steps))
 
+    def starts_from_teacher(self) -> bool:
+        return True
+
     def setup(self, stage: str) -> None:
         check_denoiser(self.student, "consistency")
         if self.teacher is None:

@@ -87,6 +87,9 @@ class DMD(DistillationMethod):
         self.t_low, self.t_high, self.cfg = t_low, t_high, cfg
         self.rows: TensorRows | None = None
 
+    def starts_from_teacher(self) -> bool:
+        return True
+
     def attach_data(self, datamodule: Any) -> None:
         check_denoiser(self.student, "dmd")
         if self.teacher is None:

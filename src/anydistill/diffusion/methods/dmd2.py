@@ -101,6 +101,9 @@ class DMD2(DistillationMethod):
         self.num_steps, self.student_inputs, self.fake_lr = num_steps, student_inputs, fake_lr
         self.t_low, self.t_high, self.cfg, self.head_hidden = t_low, t_high, cfg, head_hidden
 
+    def starts_from_teacher(self) -> bool:
+        return True
+
     def setup(self, stage: str) -> None:
         check_denoiser(self.student, "dmd2")
         if self.teacher is None:

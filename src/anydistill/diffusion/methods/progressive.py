@@ -78,6 +78,9 @@ class ProgressiveDistillation(DistillationMethod):
                     f"trainer.max_epochs to {needed} (now {max_epochs}), or lower epochs_per_round."]
         return []
 
+    def starts_from_teacher(self) -> bool:
+        return True
+
     def setup(self, stage: str) -> None:
         check_denoiser(self.student, "progressive")
         if self.teacher is None:

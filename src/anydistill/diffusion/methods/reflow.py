@@ -94,6 +94,9 @@ class Reflow(DistillationMethod):
         self.sample_steps = sorted(set(sample_steps))
         self.rows: TensorRows | None = None
 
+    def starts_from_teacher(self) -> bool:
+        return self.init_from_teacher
+
     def attach_data(self, datamodule: Any) -> None:
         check_denoiser(self.student, "reflow")
         if (self.student.schedule, self.student.prediction) != ("rectified-flow", "velocity"):
