@@ -145,3 +145,14 @@ def test_every_method_is_a_lightning_module_for_a_users_own_trainer() -> None:
     L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False).fit(method, datamodule=data)
     row = ClassifierEvaluator(data).evaluate(method.student, teacher)
     assert 0.0 <= row["accuracy"] <= 1.0 and "teacher_agreement" in row
+
+
+def test_a_call_of_names_only_writes_a_config_the_cli_replays(tmp_path: Path) -> None:
+    result = anydistill.distill({"name": "mlp", "hidden": [32]}, {"name": "mlp", "hidden": [16]}, "digits", "kd", temperature=2.0,
+                                epochs=1, trainer=QUIET, run_dir=tmp_path / "named")
+    replay = load_recipe(str(result.run_dir / "config.yaml"))
+    assert replay.student.kwargs["hidden"] == [16] and replay.methods["kd"].kwargs["temperature"] == 2.0
+    trained: dict[str, torch.nn.Module] = {}
+    run_recipe(replay, RunDir.create(tmp_path, "replayed"), trained=trained)
+    for name, value in trained["kd"].state_dict().items():
+        torch.testing.assert_close(result.student.state_dict()[name], value, rtol=0, atol=0)

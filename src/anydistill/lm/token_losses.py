@@ -267,20 +267,36 @@ def _chunk_divergence(
 ) -> Tensor:
     """Per-token divergence ``[chunk]`` of the student rows ``s_rows`` against the teacher rows."""
     z_s = flat_student.index_select(0, s_rows)
+    z_t = teacher_chunk(t_rows, *teacher_args, vocab=vocab, like=z_s)
+    return per_token_divergence(z_s, z_t, divergence=divergence, temperature=temperature, beta=beta, alpha=alpha)
+
+
+def teacher_chunk(t_rows: Tensor, *teacher_args: Tensor, vocab: int, like: Tensor) -> Tensor:
+    """The teacher's ``[n, V]`` logits (dense) or reconstructed log-probs (sparse) of rows ``t_rows``.
+
+    ``teacher_args`` is ``(flat_logits [M, V],)`` or a sparse teacher's ``(logprobs, indices, tail)``;
+    ``like`` is the student's chunk (its device and, for fp64, its dtype).
+    """
     if len(teacher_args) == 1:  # dense logits
-        z_t = teacher_args[0].index_select(0, t_rows)
-    else:  # sparse: reconstruct this chunk's log-probs (T = 1); they serve as logits below,
-        # so log_softmax(log p / T) is exactly the documented temperature rule.
-        logprobs, indices, tail = teacher_args
-        # Select and move the chunk first (a CPU cache can feed a GPU student), then densify there.
-        z_t = densify_rows(
-            logprobs.index_select(0, t_rows).to(z_s.device),
-            indices.index_select(0, t_rows).to(z_s.device),
-            tail.index_select(0, t_rows).to(z_s.device) if tail is not None else None,
-            vocab,
-        ).clamp(min=_ZERO_MASS_LOGPROB)
-        if z_s.dtype == torch.float64:
-            z_t = z_t.double()
+        return teacher_args[0].index_select(0, t_rows)
+    # sparse: reconstruct this chunk's log-probs (T = 1); they serve as logits below,
+    # so log_softmax(log p / T) is exactly the documented temperature rule.
+    logprobs, indices, tail = teacher_args
+    # Select and move the chunk first (a CPU cache can feed a GPU student), then densify there.
+    z_t = densify_rows(
+        logprobs.index_select(0, t_rows).to(like.device),
+        indices.index_select(0, t_rows).to(like.device),
+        tail.index_select(0, t_rows).to(like.device) if tail is not None else None,
+        vocab,
+    ).clamp(min=_ZERO_MASS_LOGPROB)
+    return z_t.double() if like.dtype == torch.float64 else z_t
+
+
+def per_token_divergence(
+    z_s: Tensor, z_t: Tensor, *, divergence: str, temperature: float, beta: float, alpha: float
+) -> Tensor:
+    """The divergence ``[n]`` of each row of student logits ``z_s`` [n, V] from the teacher's ``z_t``
+    [n, V] (logits or log-probs, detached here), without the ``T^2`` factor (module docstring)."""
     if divergence == "fkl":
         return kd_kl(z_s, z_t, temperature=temperature, scale_by_t2=False, reduction="none")
     if divergence == "rkl":
@@ -309,8 +325,12 @@ def _skew_kl(log_p: Tensor, log_q: Tensor, alpha: float) -> Tensor:
 
 
 def _chunk_ce(flat_student: Tensor, s_rows: Tensor, targets: Tensor) -> Tensor:
-    logits = _upcast(flat_student.index_select(0, s_rows))
-    return F.cross_entropy(logits, targets.index_select(0, s_rows), reduction="sum")
+    return chunk_ce_sum(flat_student.index_select(0, s_rows), targets.index_select(0, s_rows))
+
+
+def chunk_ce_sum(z_s: Tensor, targets: Tensor) -> Tensor:
+    """``-sum log softmax(z_s)[y]`` over the rows of ``z_s`` [n, V], targets ``y`` [n], in fp32."""
+    return F.cross_entropy(_upcast(z_s), targets, reduction="sum")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -322,52 +342,11 @@ def _validate(
     temperature: object, beta: object, alpha: object, chunk_tokens: object,
 ) -> None:
     problems = _check_mask(student_logits, mask, "token_distill_loss")
-    if divergence not in DIVERGENCES:
-        close = difflib.get_close_matches(str(divergence), DIVERGENCES, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        problems.append(
-            f"The 'divergence' argument of token_distill_loss must be one of {DIVERGENCES}. "
-            f"Got {divergence!r}.{hint}"
-        )
-    if not (is_finite_number(temperature) and temperature > 0):
-        problems.append(
-            "The 'temperature' argument of token_distill_loss must be a finite number > 0. "
-            f"Got {temperature!r}."
-        )
-    for name, value in (("beta", beta), ("alpha", alpha)):
-        if not (is_finite_number(value) and 0 <= value <= 1):
-            problems.append(f"The '{name}' argument of token_distill_loss must be in [0, 1]. Got {value!r}.")
-    problems += _check_chunk(chunk_tokens, "token_distill_loss")
+    problems += divergence_problems("token_distill_loss", divergence, temperature, beta, alpha, chunk_tokens)
     vocab = student_logits.shape[-1] if student_logits.ndim else None
 
     if isinstance(teacher, SparseTeacher):
-        mask_ok = isinstance(mask, Tensor) and mask.dtype == torch.bool
-        num_masked = int(mask.sum()) if mask_ok else None
-        if mask_ok and teacher.num_tokens not in (mask.numel(), num_masked):
-            problems.append(
-                "The SparseTeacher given to token_distill_loss must have one row per position "
-                f"({mask.numel()}) or one per masked token ({num_masked}). Got {teacher.num_tokens} "
-                "rows: was it built from another batch or another mask?"
-            )
-        if vocab is not None and teacher.k > vocab:
-            problems.append(
-                f"The SparseTeacher given to token_distill_loss has k={teacher.k} > the student's "
-                f"vocabulary V={vocab}."
-            )
-        elif vocab is not None:
-            problems += index_problems(teacher, vocab, "token_distill_loss")
-        infinite = (
-            divergence == "rkl"
-            or (divergence == "jsd" and beta == 1)
-            or (divergence == "srkl" and alpha == 0)
-        )
-        if infinite and not teacher.has_tail and vocab is not None and teacher.k < vocab:
-            problems.append(
-                f"The divergence {divergence!r} (beta={beta}, alpha={alpha}) is infinite against a "
-                "SparseTeacher without a tail bucket: the renormalised top-k gives probability 0 "
-                "to tokens the student supports. Build it with sparsify(..., tail=True), or use "
-                "'fkl', 'skl', 'tvd', 'jsd' with beta < 1 or 'srkl' with alpha > 0."
-            )
+        problems += sparse_teacher_problems("token_distill_loss", teacher, mask, vocab, divergence, beta, alpha)
     elif isinstance(teacher, Tensor):
         if teacher.shape != student_logits.shape:
             hint = ""
@@ -387,6 +366,65 @@ def _validate(
             f"SparseTeacher. Got {type(teacher).__name__}."
         )
     raise_problems(problems)
+
+
+def divergence_problems(
+    func: str, divergence: object, temperature: object, beta: object, alpha: object, chunk_tokens: object
+) -> list[str]:
+    """The problems of the divergence's hyperparameters, worded for the function ``func``."""
+    problems = []
+    if divergence not in DIVERGENCES:
+        close = difflib.get_close_matches(str(divergence), DIVERGENCES, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        problems.append(
+            f"The 'divergence' argument of {func} must be one of {DIVERGENCES}. "
+            f"Got {divergence!r}.{hint}"
+        )
+    if not (is_finite_number(temperature) and temperature > 0):
+        problems.append(
+            f"The 'temperature' argument of {func} must be a finite number > 0. "
+            f"Got {temperature!r}."
+        )
+    for name, value in (("beta", beta), ("alpha", alpha)):
+        if not (is_finite_number(value) and 0 <= value <= 1):
+            problems.append(f"The '{name}' argument of {func} must be in [0, 1]. Got {value!r}.")
+    return problems + _check_chunk(chunk_tokens, func)
+
+
+def sparse_teacher_problems(
+    func: str, teacher: SparseTeacher, mask: object, vocab: int | None, divergence: object,
+    beta: object, alpha: object,
+) -> list[str]:
+    """The problems of a ``SparseTeacher`` against the mask and the vocabulary ``V`` (one device sync)."""
+    problems = []
+    mask_ok = isinstance(mask, Tensor) and mask.dtype == torch.bool
+    num_masked = int(mask.sum()) if mask_ok else None
+    if mask_ok and teacher.num_tokens not in (mask.numel(), num_masked):
+        problems.append(
+            f"The SparseTeacher given to {func} must have one row per position "
+            f"({mask.numel()}) or one per masked token ({num_masked}). Got {teacher.num_tokens} "
+            "rows: was it built from another batch or another mask?"
+        )
+    if vocab is not None and teacher.k > vocab:
+        problems.append(
+            f"The SparseTeacher given to {func} has k={teacher.k} > the student's "
+            f"vocabulary V={vocab}."
+        )
+    elif vocab is not None:
+        problems += index_problems(teacher, vocab, func)
+    infinite = (
+        divergence == "rkl"
+        or (divergence == "jsd" and beta == 1)
+        or (divergence == "srkl" and alpha == 0)
+    )
+    if infinite and not teacher.has_tail and vocab is not None and teacher.k < vocab:
+        problems.append(
+            f"The divergence {divergence!r} (beta={beta}, alpha={alpha}) is infinite against a "
+            "SparseTeacher without a tail bucket: the renormalised top-k gives probability 0 "
+            "to tokens the student supports. Build it with sparsify(..., tail=True), or use "
+            "'fkl', 'skl', 'tvd', 'jsd' with beta < 1 or 'srkl' with alpha > 0."
+        )
+    return problems
 
 
 def _check_mask(student_logits: Tensor, mask: Tensor, func: str) -> list[str]:
