@@ -84,6 +84,10 @@ def test_a_dataset_call_learns_the_synthetic_set_the_recipe_learns(tmp_path: Pat
                                 epochs=1, evaluation=section, trainer=QUIET, run_dir=tmp_path / "python")
     torch.testing.assert_close(result.synset.images, trained["dm"].images, rtol=0, atol=0)
     assert result.synset.images.shape == (10, 1, 8, 8)
+    again = result.evaluate(num_models=2)  # the set scored again under other settings; the run is left alone
+    assert set(again) == {"dm"} and 0.0 <= again["dm"]["accuracy"] <= 1.0
+    with pytest.raises(RecipeError, match="evaluation"):
+        result.evaluate(num_modles=2)
 
 
 def test_in_memory_objects_are_recorded_by_class_size_and_fingerprint(tmp_path: Path) -> None:

@@ -119,7 +119,7 @@ def distill(
     recipe = _load(raw, inputs, problems, failed)
     directory = RunDir.create(Path(run_dir).parent, Path(run_dir).name) if run_dir is not None else RunDir.create(
         Path(runs), free_name(Path(runs), recipe.name))
-    result = DistillResult(label, {}, {}, directory.path, tuple(recipe.evaluation.target.headline), rerun=_rerunner(raw, inputs))
+    result = DistillResult(label, {}, {}, directory.path, tuple(recipe.evaluation.target.headline), session=Session(raw, inputs))
     _run(recipe, inputs, directory, result, resume=False)
     return result
 
@@ -174,20 +174,35 @@ def _run(recipe: Any, inputs: Inputs, directory: RunDir, result: DistillResult, 
                                  command=f"python-api: anydistill.distill(method={result.label!r}) from {script}")
 
 
-def _rerunner(raw: dict[str, Any], inputs: Inputs) -> Any:
-    """`DistillResult.compare`: the same call with more methods, resumed in the same run directory."""
-    state = {"raw": raw}
+class Session:
+    """What a result needs to train more methods or score its models again: the call's recipe
+    mapping and its in-memory objects (registered again for each use)."""
 
-    def rerun(result: DistillResult, methods: list[str], params: dict[str, dict[str, Any]]) -> DistillResult:
-        grown = copy.deepcopy(state["raw"])
+    def __init__(self, raw: dict[str, Any], inputs: Inputs):
+        self.raw, self.inputs = raw, inputs
+
+    def compare(self, result: DistillResult, methods: list[str], params: dict[str, dict[str, Any]]) -> DistillResult:
+        """The same call with more methods, resumed in the same run directory."""
+        grown = copy.deepcopy(self.raw)
         taken = [m for m in methods if m in grown["methods"]]
         if taken:
             raise RecipeError([f"{SOURCE}: compare: '{m}' is already in this run; give another method." for m in taken])
         for method in methods:
             grown["methods"][method] = dict(params.get(method) or {})
-        recipe = _load(grown, inputs, [], set())
-        _run(recipe, inputs, RunDir(result.run_dir), result, resume=True)
-        state["raw"] = grown
+        recipe = _load(grown, self.inputs, [], set())
+        _run(recipe, self.inputs, RunDir(result.run_dir), result, resume=True)
+        self.raw = grown
         return result
 
-    return rerun
+    def evaluate(self, result: DistillResult, settings: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        """Every trained model of ``result`` scored by a fresh evaluator with ``settings`` over the
+        call's ``evaluation`` (validated like a recipe's); the run directory is left as it is."""
+        raw = copy.deepcopy(self.raw)
+        raw["evaluation"] = {**(raw.get("evaluation") or {}), **settings}
+        recipe = _load(raw, self.inputs, [], set())
+        with self.inputs.registered():
+            datamodule = recipe.data.target(**recipe.data.kwargs)
+            datamodule.setup()
+            evaluator = recipe.evaluation.target(data=datamodule, student_spec=recipe.resolved.get("student"), data_name=recipe.data.name,
+                                                 **recipe.evaluation.kwargs)
+            return {label: evaluator.evaluate(model, None, label) for label, model in result.models.items()}

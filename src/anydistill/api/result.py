@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from torch import nn
 
@@ -30,7 +30,7 @@ class DistillResult:
     rows: dict[str, dict[str, Any]]
     run_dir: Path
     headline: tuple[str, ...] = ()
-    rerun: Callable[..., DistillResult] | None = field(default=None, repr=False)
+    session: Any = field(default=None, repr=False)  # anydistill.api.distill.Session: compare() and evaluate()
 
     @property
     def student(self) -> nn.Module:
@@ -58,9 +58,17 @@ class DistillResult:
         """Train more methods (``"scratch"``, ``"dkd"``...) on the same data, with the same models,
         seed and evaluator, into the same run directory; ``params`` maps a method to its parameters
         (``compare("dkd", dkd={"beta": 4.0})``). Returns this result, with the new rows and models."""
-        if self.rerun is None:
+        if self.session is None:
             raise RuntimeError("this result was not made by anydistill.distill; it cannot train more methods.")
-        return self.rerun(self, [*methods, *[m for m in params if m not in methods]], params)
+        return self.session.compare(self, [*methods, *[m for m in params if m not in methods]], params)
+
+    def evaluate(self, **settings: Any) -> dict[str, dict[str, Any]]:
+        """Score every trained model again with the family's evaluator under other ``settings``
+        (the recipe's ``evaluation`` keys, e.g. a synthetic set with ``num_models=5, epochs=1000``);
+        returns ``{label: metrics}`` and leaves the run directory as it is."""
+        if self.session is None:
+            raise RuntimeError("this result was not made by anydistill.distill; it cannot be evaluated again.")
+        return self.session.evaluate(self, settings)
 
     def figures(self) -> dict[str, Any]:
         """The report's figures (matplotlib ``Figure``s by caption: learning curves, accuracy vs.
