@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import yaml
 from common import RESULTS, mean_std
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
@@ -20,6 +21,9 @@ DOCS = Path(__file__).resolve().parents[1] / "docs"
 FILES = ["classic_losses", "classic_losses_gru", "classic_losses_2", "classic_losses_mnist5k", "classic_losses_mnist5k_mlp"]
 # The CIFAR-100 orderings of RepDistiller / mdistiller the issue asks about: (better, worse).
 ORDERINGS = {"crd": [("crd", "kd")], "dkd": [("dkd", "crd")], "reviewkd": [("reviewkd", "crd")]}
+# The RepDistiller CIFAR-100 recipes (GPU only): recipe -> its method labels.
+GPU_RECIPES = {path.stem: set(yaml.safe_load(path.read_text())["methods"])
+               for path in sorted((Path(__file__).resolve().parents[1] / "src/anydistill/recipes/cifar100").glob("*.yaml"))}
 HEADER = "| track | rank | test accuracy (%) | scratch | kd | verdict | longer budget |"
 
 
@@ -50,8 +54,8 @@ def verdict(method: list[float], scratch: list[float]) -> str:
     return "beats scratch" if m > b else "loses to scratch"
 
 
-def rows_for(label: str, tracks: dict, long: dict) -> tuple[list[str], list[str], set[str]]:
-    rows, orderings, files = [], [], set()
+def rows_for(label: str, tracks: dict, long: dict) -> tuple[list[str], list[str], set[str], list[str]]:
+    rows, orderings, files, unstable = [], [], set(), []
     for track, (name, payload) in tracks.items():
         methods = payload["methods"]
         if label not in methods:
@@ -60,6 +64,9 @@ def rows_for(label: str, tracks: dict, long: dict) -> tuple[list[str], list[str]
         ranked = sorted(methods, key=lambda m: -mean_std(methods[m]["test_accuracy"])[0])
         acc = methods[label]["test_accuracy"]
         scratch, kd = methods.get("scratch", {}).get("test_accuracy"), methods.get("kd", {}).get("test_accuracy")
+        if scratch and mean_std(scratch)[1] > 0.05:  # a diverged seed makes every verdict of the track a tie: say so
+            unstable.append(f"on {payload['title']}, scratch's seeds scored {' / '.join(f'{100 * a:.1f}' for a in scratch)} % "
+                            f"({label}: {' / '.join(f'{100 * a:.1f}' for a in acc)} %)")
         budget = "—"
         extra = long.get(track, {}).get("methods", {})
         if label in extra and "scratch" in extra:
@@ -75,25 +82,41 @@ def rows_for(label: str, tracks: dict, long: dict) -> tuple[list[str], list[str]
                 a, b = mean_std(methods[better]["test_accuracy"])[0], mean_std(methods[worse]["test_accuracy"])[0]
                 orderings.append(f"{track}: {better.upper()} above {worse.upper()} {'holds' if a > b else 'does not hold'} "
                                  f"({100 * a:.2f} vs {100 * b:.2f})")
-    return rows, orderings, files
+    return rows, orderings, files, unstable
 
 
 def rewrite(card: Path, tracks: dict, long: dict) -> bool:
     lines = card.read_text().splitlines()
     if HEADER not in lines:
         return False
-    rows, orderings, files = rows_for(card.stem, tracks, long)
+    rows, orderings, files, unstable = rows_for(card.stem, tracks, long)
     start = lines.index(HEADER)
     end = start + 2
     while end < len(lines) and lines[end].startswith("|"):
         end += 1
     lines[start + 2 : end] = rows
     ordering = "The CIFAR-100 ordering the paper reports, here: " + "; ".join(orderings) + "." if orderings else None
+    seeds = ("A tie there is not a verdict: " + "; ".join(unstable) + ". One scratch seed diverged at its tuned learning "
+             "rate (gradient clipping 1.0 on), so compare with its other seeds.") if unstable else None
+    at = next((i for i, line in enumerate(lines) if line.startswith("A tie there is not a verdict")), None)
+    if at is not None:
+        lines[at : at + 1] = [seeds] if seeds else []
+    elif seeds:
+        lines[start + 2 + len(rows) : start + 2 + len(rows)] = ["", seeds]
     at = next((i for i, line in enumerate(lines) if line.startswith("The CIFAR-100 ordering")), None)
     if at is not None:
         lines[at] = ordering or ""
     elif ordering:
         lines[start + 2 + len(rows) : start + 2 + len(rows)] = ["", ordering]
+    gpu = [name for name, methods in GPU_RECIPES.items() if card.stem in methods]
+    note = (f"GPU: RepDistiller's CIFAR-100 protocol for this method is `anydistill run cifar100/{gpu[0]}` (and "
+            f"{', '.join(f'`cifar100/{g}`' for g in gpu[1:])}); not run here, as no GPU was lent to this work.") if gpu else None
+    at = next((i for i, line in enumerate(lines) if line.startswith("GPU: RepDistiller's CIFAR-100 protocol")), None)
+    if at is not None:
+        lines[at : at + 1] = [note] if note else []
+    elif note:
+        results_at = next((i for i, line in enumerate(lines) if line.startswith("Results: [")), len(lines))
+        lines[results_at:results_at] = [note, ""]
     listed = [n for n in [*FILES, *sorted({f for f in files if f.endswith("_long")})] if n in files]
     results = ("Results: " + ", ".join(f"[{n}.md](../benchmarks/results/{n}.md)" for n in listed) +
                "; each names the command that made it (`benchmarks/classic_losses.py`, then `classic_losses_long.py` "
