@@ -17,7 +17,10 @@ the difference. The child then runs forward + backward once more; its time is th
 runs. Repeats are interleaved (repeat 1: every method, repeat 2: every method in another order...)
 and ratios are taken within a repeat, then averaged (mean ± std).
 
-Run: OMP_NUM_THREADS=2 python benchmarks/lm_fused_head.py   (37 minutes on 2 shared cores; the unfused
+Needs Liger (benchmark only, not a test dependency): .venv/bin/pip install --no-deps liger-kernel==0.8.5
+(its chunked losses are plain PyTorch and run on CPU without triton).
+
+Run: OMP_NUM_THREADS=2 .venv/bin/python benchmarks/lm_fused_head.py   (37 minutes on 2 shared cores; the unfused
 children at V = 128k peak near 9.2 GB; a run cut short resumes from its partial file in the temp dir)
 """
 
