@@ -111,27 +111,21 @@ def _component(
     return Component(name, target, values) if not found else None
 
 
-def _dry_forward(model: Any, input_shape: tuple[int, ...], taps: list[str]) -> dict[str, torch.Size]:
-    """Shapes of the tapped outputs on a zero batch of two (eval mode, no gradients)."""
+def _dry_forward(model: Any, input_shape: tuple[int, ...], taps: list[str]) -> tuple[dict[str, torch.Size], Any]:
+    """Shapes of the tapped outputs, and the output, on a zero batch of two (eval mode, no gradients)."""
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad(), capture_features(model, taps) as features:
-            model(torch.zeros(2, *input_shape))
-    finally:
-        model.train(was_training)
-    return {path: value.shape for path, value in features.items()}
-
-
-def _output_width(model: Any, input_shape: tuple[int, ...]) -> int | None:
-    """The size of the last dimension of ``model``'s output on a zero batch of two (eval mode)."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
             out = model(torch.zeros(2, *input_shape))
     finally:
         model.train(was_training)
+    return {path: value.shape for path, value in features.items()}, out
+
+
+def _output_width(model: Any, input_shape: tuple[int, ...]) -> int | None:
+    """The size of the last dimension of ``model``'s output on a zero batch of two."""
+    out = _dry_forward(model, input_shape, [])[1]
     return out.shape[-1] if isinstance(out, torch.Tensor) and out.dim() >= 2 else None
 
 
@@ -186,7 +180,7 @@ def _check_method(
     if found:
         problems.extend(found)
         return
-    shapes = {role: _dry_forward(model, input_shape, paths) if model is not None and paths else {} for role, (model, paths) in taps.items()}
+    shapes = {role: _dry_forward(model, input_shape, paths)[0] if model is not None and paths else {} for role, (model, paths) in taps.items()}
     for problem in method.recipe_problems(teacher_shapes=shapes["teacher"], student_shapes=shapes["student"], max_epochs=max_epochs):
         problems.append(f"methods.{label}: {problem}")
 
