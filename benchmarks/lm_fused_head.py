@@ -37,15 +37,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from anydistill.core.memory import status_kib
+
 METHODS = ("fused", "unfused", "liger")
-
-
-def status_kib(field: str) -> int:
-    """A field of /proc/self/status in KiB (VmHWM: this process's peak resident set)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def inputs(tokens: int, vocab: int, hidden: int, seed: int = 0):

@@ -1,7 +1,8 @@
 """Benchmark (e): training throughput and peak memory next to TRL's GKDTrainer, on identical tiny
 models, measured interleaved in one run.
 
-Each (configuration, repeat) runs in a fresh child process (so its peak RSS is its own), in the
+Each (configuration, repeat) runs in a fresh child process (so its peak RSS, VmHWM from /proc/self/status, is its own; `ru_maxrss`
+would read the parent's peak: see anydistill.core.memory), in the
 order repeat 1: all configurations, repeat 2: all configurations, ... (machine drift hits every
 configuration alike). A child loads the same saved teacher, student and tokenizer, trains for
 STEPS steps of batch 32 (16-character prompts, 48-character completions, fp32, THREADS intra-op threads, dropout
@@ -27,7 +28,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -71,8 +71,10 @@ def child(config: str, model_dir: Path, seed: int) -> dict:
         extra = run_ours(config, teacher, student, data, times, seed, model_dir)
     if torch.get_num_threads() != THREADS:
         raise SystemExit(f"{config} ended with {torch.get_num_threads()} threads instead of {THREADS}: a configuration changed them.")
-    return {"config": config, "step_seconds": times, "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            **extra}
+    # The child's own peak (VmHWM), not ru_maxrss: that one inherits the parent's high-water mark.
+    from anydistill.core.memory import peak_rss_mib
+
+    return {"config": config, "step_seconds": times, "max_rss_mb": peak_rss_mib(), **extra}
 
 
 def run_trl(config, teacher, student, tokenizer, data, times, seed) -> None:
@@ -133,7 +135,6 @@ def run_ours(config, teacher, student, data, times, seed, model_dir) -> dict:
     import lightning as L
     import torch
 
-    import lm_common as c
     from anydistill.core.recipe import OptimizerSpec
     from anydistill.core.teacher import Teacher
     from anydistill.lm.methods.gkd import GKD

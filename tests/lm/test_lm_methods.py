@@ -5,6 +5,7 @@ no wasted teacher pass, and exports reload with transformers."""
 from __future__ import annotations
 
 import pytest
+import lightning as L
 import torch
 from safetensors.torch import load_file
 
@@ -70,21 +71,27 @@ def test_gkd_resumes_bit_exactly_from_an_epoch_checkpoint(tmp_path) -> None:
         assert torch.equal(resumed.student.state_dict()[key], value), f"{key} differs after resume"
 
 
-class ForwardCounter:
-    """Counts full forward passes of a model (generation steps included)."""
+class ForwardCounter(L.Callback):
+    """Counts a model's trunk passes during training (generation steps included; the fused LM-head
+    path runs the trunk without the head, so the trunk is what is counted)."""
 
     def __init__(self, model: torch.nn.Module):
         self.calls = 0
-        model.register_forward_hook(lambda *_: setattr(self, "calls", self.calls + 1))
+        model.base_model.register_forward_hook(lambda *_: setattr(self, "calls", self.calls + 1))
+
+    def on_train_start(self, *args) -> None:  # setup's one-off passes (the fused-head check) do not count
+        self.calls = 0
 
 
+@pytest.mark.parametrize("fused_head", [True, False])
 @pytest.mark.parametrize("lmbda", [0.0, 1.0])
-def test_gkd_runs_the_teacher_once_per_step(lmbda: float) -> None:
+def test_gkd_runs_the_teacher_once_per_step(lmbda: float, fused_head: bool) -> None:
     teacher = tiny_teacher()
     counter = ForwardCounter(teacher.model)
-    method = GKD(tiny_lm(0), teacher, SGD, lmbda=lmbda)
+    method = GKD(tiny_lm(0), teacher, SGD, lmbda=lmbda, fused_head=fused_head)
     student_counter = ForwardCounter(method.student)
-    fit(method, tiny_data(), steps=2)
+    fit(method, tiny_data(), steps=2, callbacks=[counter, student_counter])
+    assert method.fused == fused_head
     assert counter.calls == 2
     # Off-policy: one student forward per step; on-policy: plus one per generated token (KV cache:
     # a prompt pass, then one pass per new token; block 32 - prompt 8 = 24 new tokens).
@@ -96,7 +103,7 @@ def test_seq_kd_trains_on_teacher_generations_without_an_extra_teacher_pass() ->
     counter = ForwardCounter(teacher.model)
     method = SeqKD(tiny_lm(0), teacher, SGD)
     before = state(method.student)
-    fit(method, tiny_data(), steps=2)
+    fit(method, tiny_data(), steps=2, callbacks=[counter])
     assert counter.calls == 2 * 24  # generation only: 24 new tokens per step, the first with the prompt
     assert any(not torch.equal(v, before[k]) for k, v in method.student.state_dict().items())
 

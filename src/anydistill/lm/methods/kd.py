@@ -15,6 +15,8 @@ from anydistill.core.recipe import Fraction, OptimizerSpec, PositiveFloat, Posit
 from anydistill.core.space import LogUniform, Uniform
 from anydistill.core.teacher import Teacher
 from anydistill.lm.common import causal_logits, lm_data_problems, lm_validation_step, prepare, step_loss, targets_and_mask, teacher_logits
+from anydistill.lm.fused_head import fused_kd_ce_loss
+from anydistill.lm.head import Head, choose_fused, last_hidden, lm_head, teacher_hidden
 from anydistill.lm.token_losses import token_ce_loss, token_distill_loss
 from anydistill.lm.topk import SparseTeacher
 from anydistill.lm.vocab import output_width
@@ -39,6 +41,15 @@ class LMKD(DistillationMethod):
     into a cache of its top-k log-probabilities (+ tail bucket) on disk (`lm.topk_cache`), which
     later epochs and later runs read instead.
 
+    With ``fused_head`` (the default) the loss takes the student's last hidden states and LM head
+    and forms the logits ``head_chunk_tokens`` tokens at a time (`lm.fused_head`), as it does the
+    online teacher's: neither model's ``[B, L, V]`` logits exist, the largest memory item of a
+    step at real vocabularies. Same loss and gradients as the unfused path (to fp32 rounding); a
+    model whose logits are not ``hidden @ head`` (`lm.head.head_problem`) keeps the unfused path
+    and the log says why. One difference with a padded head (more rows than the shared
+    vocabulary): the fused cross-entropy normalises over the shared vocabulary, the unfused one
+    over every row.
+
     Args:
         divergence: ``fkl`` | ``rkl`` | ``jsd`` | ``skl`` | ``srkl`` | ``tvd``.
         temperature: T, applied to both distributions in the KD term (the CE term is at T = 1).
@@ -52,6 +63,8 @@ class LMKD(DistillationMethod):
         cache_dtype: storage of the cached log-probabilities (float16 halves the bytes; its rounding
             changes KL(full || reconstructed) by about 1e-6 nats/token).
         cache_dir: root directory of top-k caches (one sub-directory per teacher/data/k).
+        fused_head: compute the loss from hidden states and head weights, chunk by chunk.
+        head_chunk_tokens: tokens whose logits exist at once on the fused path (memory ~15 x this x V floats).
     """
 
     family = "lm"
@@ -75,12 +88,16 @@ class LMKD(DistillationMethod):
         topk_tail: bool = True,
         cache_dtype: Literal["float16", "float32"] = "float16",
         cache_dir: str = ".anydistill-cache/lm-topk",
+        fused_head: bool = True,
+        head_chunk_tokens: PositiveInt = 256,
     ):
         super().__init__(student, teacher, optimizer)
         self.divergence, self.temperature, self.beta, self.skew_alpha = divergence, temperature, beta, skew_alpha
         self.alpha, self.scale_by_t2 = alpha, scale_by_t2
         self.topk, self.topk_tail, self.cache_dtype, self.cache_dir = topk, topk_tail, cache_dtype, cache_dir
+        self.fused_head, self.head_chunk_tokens = fused_head, head_chunk_tokens
         self.signals = None  # the top-k cache, loaded in setup
+        self.fused, self.teacher_head = False, None  # decided in setup
 
     def setup(self, stage: str) -> None:
         self.vocab = prepare(self)
@@ -96,12 +113,22 @@ class LMKD(DistillationMethod):
             stats = self.signals.stats
             log.info("top-k cache %s %s: k=%d, %d bytes/token, KL(full || reconstructed) = %.3g nats/token",
                      directory, "built" if built else "loaded", self.topk, stats["bytes_per_token"], stats["reconstruction_kl"])
+        online = {"teacher": self.teacher.model} if self.signals is None else {}
+        self.fused, why_not = choose_fused(self.fused_head, {"student": self.student, **online}, self.vocab,
+                                           type(self.trainer.strategy).__name__ if self.trainer is not None else "")
+        if why_not:
+            log.info("lm-kd: fused LM-head loss off, full logits instead (%s)", why_not)
+        if self.fused and online:
+            self.teacher_head = lm_head(self.teacher.model, self.vocab)
 
     def teacher_signal(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | SparseTeacher:
-        """Dense teacher logits [B, L-1, V] (online) or the batch's rows of the top-k cache."""
-        if self.signals is None:
-            return teacher_logits(self.teacher, batch["input_ids"], batch["attention_mask"], self.vocab)
-        return self.signals.rows(batch["index"], device=batch["input_ids"].device)
+        """The batch's rows of the top-k cache, or from the online teacher its hidden states
+        [B, L-1, Ht] (fused path) or logits [B, L-1, V]."""
+        if self.signals is not None:
+            return self.signals.rows(batch["index"], device=batch["input_ids"].device)
+        if self.fused:
+            return teacher_hidden(self.teacher.model, batch["input_ids"], batch["attention_mask"])
+        return teacher_logits(self.teacher, batch["input_ids"], batch["attention_mask"], self.vocab)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         targets, mask = targets_and_mask(batch["input_ids"], batch["completion_mask"])
@@ -109,19 +136,34 @@ class LMKD(DistillationMethod):
         # (TRL's) makes glibc malloc hand the teacher's large buffers back to the OS and fault them in
         # again on every step: 70 vs 48 ms per step for the benchmark's models at 2 threads.
         signal = self.teacher_signal(batch)
+        loss_sum, kd_sum, ce_sum, count = (self.fused_losses if self.fused else self.unfused_losses)(batch, signal, targets, mask)
+        if self.alpha < 1:
+            self.log_train("train/ce", ce_sum.detach() / max(count, 1), batch["input_ids"].shape[0])
+        self.log_train("train/kd", kd_sum.detach() / max(count, 1), batch["input_ids"].shape[0])
+        self.log_train("train/loss", loss_sum.detach() / max(count, 1), batch["input_ids"].shape[0], prog_bar=True)
+        return step_loss(self, loss_sum, count)
+
+    def unfused_losses(self, batch, signal, targets, mask) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, int]:
+        """``(loss_sum, kd_sum, ce_sum or None, count)`` from the student's full logits [B, L-1, V]."""
         logits = causal_logits(self.student, batch["input_ids"], batch["attention_mask"])
         kd_sum, count = token_distill_loss(
             logits[..., : self.vocab], signal, mask, divergence=self.divergence,
             temperature=self.temperature, beta=self.beta, alpha=self.skew_alpha, scale_by_t2=self.scale_by_t2,
         )
-        loss_sum = self.alpha * kd_sum
-        if self.alpha < 1:
-            ce_sum, _ = token_ce_loss(logits, targets, mask)
-            loss_sum = loss_sum + (1 - self.alpha) * ce_sum
-            self.log_train("train/ce", ce_sum.detach() / max(count, 1), batch["input_ids"].shape[0])
-        self.log_train("train/kd", kd_sum.detach() / max(count, 1), batch["input_ids"].shape[0])
-        self.log_train("train/loss", loss_sum.detach() / max(count, 1), batch["input_ids"].shape[0], prog_bar=True)
-        return step_loss(self, loss_sum, count)
+        if self.alpha == 1:
+            return kd_sum, kd_sum, None, count
+        ce_sum, _ = token_ce_loss(logits, targets, mask)
+        return self.alpha * kd_sum + (1 - self.alpha) * ce_sum, kd_sum, ce_sum, count
+
+    def fused_losses(self, batch, signal, targets, mask) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+        """The same from the student's last hidden states and head, chunk by chunk (`lm.fused_head`)."""
+        hidden = last_hidden(self.student, batch["input_ids"], batch["attention_mask"])
+        head, teacher = lm_head(self.student, self.vocab), self.teacher_head or Head(None, None)
+        return fused_kd_ce_loss(
+            hidden, head.weight, head.bias, signal, teacher.weight, teacher.bias, targets, mask, kd_weight=self.alpha,
+            divergence=self.divergence, temperature=self.temperature, beta=self.beta, alpha=self.skew_alpha,
+            scale_by_t2=self.scale_by_t2, chunk_tokens=self.head_chunk_tokens,
+        )
 
     validation_step = lm_validation_step
 
