@@ -49,3 +49,42 @@ def test_gradients_match_trl_gkd(beta: float) -> None:
     labels = torch.zeros(2, 5, dtype=torch.long)
     gkd_trainer.GKDTrainer.generalized_jsd_loss(theirs, teacher, labels=labels, beta=beta).backward()
     torch.testing.assert_close(ours.grad, theirs.grad, rtol=0, atol=1e-6)
+
+
+class FixedGenerations:
+    """A stand-in model whose ``generate`` returns fixed sequences (ours reads a tensor, TRL a ModelOutput)."""
+
+    training = False
+
+    def __init__(self, sequences: torch.Tensor):
+        self.sequences = sequences
+
+    def eval(self):
+        return self
+
+    def train(self, mode: bool = True):
+        return self
+
+    def generate(self, **kwargs):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(sequences=self.sequences) if kwargs.get("return_dict_in_generate") else self.sequences
+
+
+def test_on_policy_completion_mask_matches_trl_gkd() -> None:
+    """Both keep the first <eos> in the loss (the student must learn to stop) and drop what follows.
+    trl < 1.x built the labels by masking every pad id, which with pad = eos dropped the <eos>
+    itself; trl 1.16's `generate_on_policy_outputs` cuts after the first <eos> as we do."""
+    from transformers import GenerationConfig
+
+    from anydistill.lm.common import generate
+
+    eos = pad = 0
+    prompts = torch.tensor([[5, 6, 7], [8, 9, 5]])
+    sequences = torch.tensor([[5, 6, 7, 3, eos, pad, pad], [8, 9, 5, 4, 4, 4, 4]])
+    _, ours = generate(FixedGenerations(sequences), prompts, 4, do_sample=False, eos_token_id=eos, pad_token_id=pad)
+    _, _, labels = gkd_trainer.GKDTrainer.generate_on_policy_outputs(
+        FixedGenerations(sequences), {"prompts": prompts, "prompt_attention_mask": torch.ones_like(prompts)},
+        GenerationConfig(eos_token_id=eos, pad_token_id=pad))
+    assert torch.equal(ours, labels != -100)
+    assert ours[0].tolist() == [False, False, False, True, True, False, False]
