@@ -18,7 +18,8 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -61,6 +62,25 @@ def cache_directory(root: Path, teacher_fp: str, dataset_fp: str, features: Sequ
     return root / f"{teacher_fp[:16]}-{dataset_fp[:16]}-{signals_fp[:8]}"
 
 
+@contextmanager
+def staged_directory(directory: Path) -> Iterator[Path]:
+    """A staging directory next to ``directory``, renamed into place if the block succeeds and
+    removed whatever happens: a crash never leaves a half-written cache under the final name. If
+    another process finished the same cache first (DDP ranks build concurrently), its copy is kept.
+    """
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".building-", dir=directory.parent))
+    try:
+        yield staging
+        try:
+            os.replace(staging, directory)
+        except OSError:
+            if not (directory / "manifest.json").exists():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def build_cache(
     directory: Path,
     teacher: Teacher,
@@ -77,9 +97,7 @@ def build_cache(
     If another process finished the same cache first (DDP ranks build concurrently), its copy is
     kept: both are built from the same teacher and data, so they are identical.
     """
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".building-", dir=directory.parent))
-    try:
+    with staged_directory(directory) as staging:
         shards = []
         rows = inputs.shape[0]
         progress = tqdm(total=rows, desc=f"Caching {teacher.name} signals", unit="ex", leave=False, disable=None)
@@ -105,13 +123,6 @@ def build_cache(
             "shards": shards,
         }
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2))
-        try:
-            os.replace(staging, directory)
-        except OSError:
-            if not (directory / "manifest.json").exists():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def load_cache(

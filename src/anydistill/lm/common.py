@@ -138,11 +138,13 @@ def lm_validation_step(method: DistillationMethod, batch: dict[str, Tensor], bat
 
 @torch.no_grad()
 def generate(model: nn.Module, prompts: Tensor, new_tokens: int, *, do_sample: bool, temperature: float = 1.0,
-             eos_token_id: int, pad_token_id: int) -> tuple[Tensor, Tensor]:
+             num_beams: int = 1, eos_token_id: int, pad_token_id: int) -> tuple[Tensor, Tensor]:
     """Continue ``prompts`` [B, P] by ``new_tokens`` tokens with the model's KV cache.
 
     Sampling is plain ancestral sampling at ``temperature`` (``top_k=0``, ``top_p=1``, as TRL's GKD);
-    it draws from the global torch RNG, which the engine seeds and checkpoints.
+    it draws from the global torch RNG, which the engine seeds and checkpoints. Without sampling,
+    decoding is greedy (``num_beams = 1``) or beam search (transformers' default length penalty 1),
+    returning the best beam.
 
     Returns:
         ``(sequences [B, P + new_tokens], completion_mask [B, P + new_tokens])``: sequences that
@@ -151,7 +153,7 @@ def generate(model: nn.Module, prompts: Tensor, new_tokens: int, *, do_sample: b
     """
     was_training = model.training
     model.eval()  # no dropout while sampling
-    options = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} if do_sample else {"do_sample": False}
+    options = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} if do_sample else {"do_sample": False, "num_beams": num_beams}
     out = model.generate(
         input_ids=prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=new_tokens, min_new_tokens=0,
         use_cache=True, eos_token_id=eos_token_id, pad_token_id=pad_token_id, **options,
