@@ -1,48 +1,69 @@
-"""The top-k teacher signal cache of ``lm-kd``: the teacher's next-token distributions over a
-training split, computed once and stored as top-k log-probabilities, ids and a tail bucket.
+"""The teacher-signal caches of ``lm-kd``: the teacher's next-token distributions over a training
+split, computed once and stored sparse. Two kinds:
+
+* **fixed** (``topk: k``): every position keeps its top-k log-probabilities, ids and a tail bucket;
+* **adaptive** (:mod:`anydistill.lm.adaptive_topk`): every position keeps the fewest top entries
+  (``k_min..k_max``) whose reconstruction is within ``KL <= kl_budget`` of the teacher, stored ragged.
 
 Layout (conventions of :mod:`anydistill.core.cache`: staged then renamed, checksummed)::
 
-    <root>/<teacher fp>-<dataset fp>-k<k>[t]-v<V>/
-        manifest.json             teacher, tokenizer and dataset fingerprints, k, tail, vocabulary,
-                                  dtypes, bytes per token, KL(full || reconstructed), shard checksums
-        shard-00000.safetensors   rows [start, stop) of the blocks: "logprobs" [n, L-1, k] (fp16 or fp32),
-                                  "indices" [n, L-1, k] (int32), "tail" [n, L-1] (same dtype, if any)
+    <root>/<teacher fp>-<dataset fp>-k<k>[t]-v<V>-<dtype>/              fixed
+    <root>/<teacher fp>-<dataset fp>-adaptive<eps>-k<kmin>-<kmax>-v<V>/  adaptive
+        manifest.json             format, kind, teacher, tokenizer, dataset and attention-mask
+                                  fingerprints, settings, dtypes, statistics, shard checksums
+        shard-00000.safetensors   blocks [start, stop). fixed: "logprobs" [n, L-1, k] (fp16 or fp32),
+                                  "indices" [n, L-1, k] (int32), "tail" [n, L-1] (if any). adaptive:
+                                  "logprobs" [E] fp16, "indices" [E] (int16 for V <= 32768, else
+                                  int32), "tail" [n * (L-1)] fp16, "offsets" [n * (L-1) + 1] int64
 
-Row r of the cache is block r of the split; position t predicts token t + 1 of the block. A cache
-built for another teacher, tokenizer, data layout, k or tail setting, or whose shards fail their
-checksum, is refused with a `CacheError` naming the fix; it is never used or overwritten.
+Row r of the cache is block r of the split; position t predicts token t + 1 of the block. The
+teacher runs under the split's attention mask, as it does online (:func:`split_attention_mask`). A
+cache built for another teacher, tokenizer, data layout, mask or setting, of another kind or a newer
+format, or whose shards fail their checksum, is refused with a `CacheError` naming the fix; it is
+never used or overwritten.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from anydistill import __version__
-from anydistill.core.cache import file_sha256
+from anydistill.core.cache import file_sha256, tensor_fingerprint
+from anydistill.core.checks import raise_problems
 from anydistill.core.errors import CacheError
 from anydistill.core.teacher import Teacher
+from anydistill.lm.adaptive_topk import RaggedTeacher, adaptive_problems, adaptive_sparsify, index_dtype_for
 from anydistill.lm.common import teacher_logits
 from anydistill.lm.topk import SparseTeacher, bytes_per_token, reconstruction_kl, sparsify
 
-FORMAT_VERSION = 1
+log = logging.getLogger(__name__)
+
+# 1: fixed caches, teacher run with an all-ones attention mask. 2: the split's attention mask, and
+# a "kind" (fixed | adaptive). An adaptive manifest also says "k": "adaptive", so a build that
+# predates format 2 (which reads no format) refuses it as "built for another k".
+FORMAT_VERSION = 2
 INDEX_DTYPE = torch.int32  # any real vocabulary fits
 VALUE_DTYPES = {"float16": torch.float16, "float32": torch.float32}
+ALL_ONES = "all-ones"  # the attention fingerprint of an unpadded split (and of every format-1 cache)
 
 
 @dataclass
 class TopKSignals:
-    """A loaded cache: ``logprobs`` and ``indices`` [N, L-1, k], ``tail`` [N, L-1] or None, and the
-    manifest's ``stats`` (bytes_per_token, dense_bytes_per_token, reconstruction_kl)."""
+    """A loaded fixed cache: ``logprobs`` and ``indices`` [N, L-1, k], ``tail`` [N, L-1] or None, and
+    the manifest's ``stats`` (bytes_per_token, dense_bytes_per_token, reconstruction_kl)."""
 
     logprobs: torch.Tensor
     indices: torch.Tensor
@@ -60,61 +81,67 @@ class TopKSignals:
         )
 
 
+@dataclass
+class AdaptiveTopKSignals:
+    """A loaded adaptive cache: the ragged rows of every position (``N * (L-1)``, block-major),
+    ``positions = L - 1``, the vocabulary ``V`` and the manifest's ``stats`` (bytes_per_token,
+    dense_bytes_per_token, reconstruction_kl (mean), max_kl, kl_budget, k_histogram, mean_k,
+    violations, positions)."""
+
+    ragged: RaggedTeacher
+    positions: int
+    vocab: int
+    stats: dict = field(default_factory=dict)
+
+    def rows(self, index: torch.Tensor, device: torch.device | str = "cpu") -> SparseTeacher:
+        """The `SparseTeacher` of blocks ``index`` [B]: B * (L-1) rows, row-major like ``logits[:, :-1]``,
+        padded to the batch's largest k without changing any row's reconstruction."""
+        index = index.cpu().long()
+        rows = (index[:, None] * self.positions + torch.arange(self.positions)).reshape(-1)
+        sparse = self.ragged.padded(rows, self.vocab)
+        return SparseTeacher(logprobs=sparse.logprobs.to(device), indices=sparse.indices.to(device),
+                             tail_logprob=sparse.tail_logprob.to(device))
+
+
+def split_attention_mask(datamodule: Any, name: str = "train") -> torch.Tensor:
+    """The attention mask [N, L] that ``datamodule``'s loaders serve with the rows of split ``name``:
+    its ``attention[name]`` where it keeps one (lm-dataset: 0 on padding), else all ones (unpadded
+    blocks, as the Shakespeare loaders serve)."""
+    ids, _ = datamodule.split(name)
+    kept = getattr(datamodule, "attention", None)
+    if isinstance(kept, dict) and name in kept:
+        return kept[name]
+    return torch.ones_like(ids)
+
+
+def attention_fingerprint(attention_mask: torch.Tensor | None) -> str:
+    """``"all-ones"`` for no mask or an all-ones one (what every format-1 cache was built with), else the mask's SHA-256."""
+    if attention_mask is None or bool((attention_mask != 0).all()):
+        return ALL_ONES
+    return tensor_fingerprint(attention_mask.ne(0))
+
+
 def topk_cache_directory(root: Path, teacher_fp: str, dataset_fp: str, k: int, tail: bool, vocab: int, dtype: str = "float16") -> Path:
-    """Where the cache for (teacher, dataset, k, tail, vocabulary, value dtype) lives under ``root``."""
+    """Where the fixed cache for (teacher, dataset, k, tail, vocabulary, value dtype) lives under ``root``."""
     return root / f"{teacher_fp[:16]}-{dataset_fp[:16]}-k{k}{'t' if tail else ''}-v{vocab}-{dtype}"
 
 
-@torch.no_grad()
-def build_topk_cache(
-    directory: Path, teacher: Teacher, input_ids: torch.Tensor, *, dataset_fingerprint: str, tokenizer_fingerprint: str,
-    k: int, tail: bool, vocab: int, dtype: str = "float16", batch_size: int = 32, shard_rows: int = 4096,
-) -> None:
-    """Run ``teacher`` over the blocks ``input_ids`` [N, L] once and write the cache at ``directory``.
+def adaptive_cache_directory(root: Path, teacher_fp: str, dataset_fp: str, kl_budget: float, k_min: int, k_max: int, vocab: int) -> Path:
+    """Where the adaptive cache for (teacher, dataset, budget, k range, vocabulary) lives under ``root``."""
+    return root / f"{teacher_fp[:16]}-{dataset_fp[:16]}-adaptive{kl_budget:g}-k{k_min}-{k_max}-v{vocab}"
 
-    The mean KL(full || reconstructed) over every cached position is measured on the way (the
-    full logits exist only here) and stored in the manifest.
-    """
+
+# ----------------------------------------------------------------------------------------------
+# build
+
+
+@contextmanager
+def _staged(directory: Path) -> Iterator[Path]:
+    """A staging directory next to ``directory``, renamed into place if the block succeeds."""
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".building-", dir=directory.parent))
     try:
-        shards, kl_sum, positions, per_token = [], 0.0, 0, 0
-        rows = input_ids.shape[0]
-        for start in range(0, rows, shard_rows):
-            stop = min(start + shard_rows, rows)
-            parts: dict[str, list[torch.Tensor]] = {"logprobs": [], "indices": [], "tail": []}
-            for lo in range(start, stop, batch_size):
-                ids = input_ids[lo : min(lo + batch_size, stop)]
-                logits = teacher_logits(teacher, ids, torch.ones_like(ids), vocab).float().cpu()  # [b, L-1, V]
-                sparse = sparsify(logits, k, tail, dtype=VALUE_DTYPES[dtype], index_dtype=INDEX_DTYPE)
-                kl_sum += float(reconstruction_kl(logits, sparse).double().sum())
-                positions += sparse.num_tokens
-                per_token = bytes_per_token(sparse)
-                shape = logits.shape[:-1]
-                parts["logprobs"].append(sparse.logprobs.view(*shape, k))
-                parts["indices"].append(sparse.indices.view(*shape, k))
-                if tail:
-                    parts["tail"].append(sparse.tail_logprob.view(*shape))
-            file = staging / f"shard-{len(shards):05d}.safetensors"
-            save_file({name: torch.cat(chunks).contiguous() for name, chunks in parts.items() if chunks}, str(file))
-            shards.append({"file": file.name, "start": start, "stop": stop, "sha256": file_sha256(file)})
-        manifest = {
-            "format": FORMAT_VERSION,
-            "anydistill": __version__,
-            "teacher": {"name": teacher.name, "fingerprint": teacher.fingerprint()},
-            "tokenizer": {"fingerprint": tokenizer_fingerprint},
-            "dataset": {"fingerprint": dataset_fingerprint, "rows": rows, "block_size": int(input_ids.shape[1])},
-            "k": k, "tail": tail, "vocab": vocab,
-            "dtypes": {"logprobs": dtype, "indices": str(INDEX_DTYPE)},
-            "stats": {
-                "bytes_per_token": per_token,
-                "dense_bytes_per_token": 4 * vocab,  # the fp32 logits it replaces
-                "reconstruction_kl": kl_sum / max(positions, 1),  # nats per token, +inf without a tail for k < V
-                "positions": positions,
-            },
-            "shards": shards,
-        }
-        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        yield staging
         try:
             os.replace(staging, directory)
         except OSError:
@@ -124,58 +151,265 @@ def build_topk_cache(
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def load_topk_cache(
-    directory: Path, *, teacher_fingerprint: str, dataset_fingerprint: str, tokenizer_fingerprint: str,
-    k: int, tail: bool, vocab: int, dtype: str = "float16",
-) -> TopKSignals:
-    """Load and verify the cache at ``directory``.
+def _teacher_batches(teacher: Teacher, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, vocab: int,
+                     start: int, stop: int, batch_size: int) -> Iterator[torch.Tensor]:
+    """The teacher's logits [b, L-1, V] of blocks [start, stop), ``batch_size`` blocks at a time,
+    under the split's attention mask (the online path's; all ones if None)."""
+    for lo in range(start, stop, batch_size):
+        ids = input_ids[lo : min(lo + batch_size, stop)]
+        mask = attention_mask[lo : min(lo + batch_size, stop)] if attention_mask is not None else torch.ones_like(ids)
+        yield teacher_logits(teacher, ids, mask, vocab)
 
-    Raises:
-        CacheError: missing or corrupt manifest, built for another teacher, tokenizer, dataset, k,
-            tail setting or vocabulary, or a shard that fails its checksum; the message names the fix.
+
+def _write_shard(staging: Path, shards: list[dict], tensors: dict[str, torch.Tensor], start: int, stop: int) -> None:
+    file = staging / f"shard-{len(shards):05d}.safetensors"
+    save_file({name: tensor.contiguous() for name, tensor in tensors.items()}, str(file))
+    shards.append({"file": file.name, "start": start, "stop": stop, "sha256": file_sha256(file)})
+
+
+def _manifest(kind: str, teacher: Teacher, tokenizer_fingerprint: str, dataset_fingerprint: str, input_ids: torch.Tensor,
+              attention_mask: torch.Tensor | None, **settings: Any) -> dict:
+    return {
+        "format": FORMAT_VERSION, "kind": kind, "anydistill": __version__,
+        "teacher": {"name": teacher.name, "fingerprint": teacher.fingerprint()},
+        "tokenizer": {"fingerprint": tokenizer_fingerprint},
+        "dataset": {"fingerprint": dataset_fingerprint, "rows": int(input_ids.shape[0]), "block_size": int(input_ids.shape[1])},
+        "attention": attention_fingerprint(attention_mask),
+        **settings,
+    }
+
+
+@torch.no_grad()
+def build_topk_cache(
+    directory: Path, teacher: Teacher, input_ids: torch.Tensor, *, dataset_fingerprint: str, tokenizer_fingerprint: str,
+    k: int, tail: bool, vocab: int, dtype: str = "float16", batch_size: int = 32, shard_rows: int = 4096,
+    attention_mask: torch.Tensor | None = None,
+) -> None:
+    """Run ``teacher`` over the blocks ``input_ids`` [N, L] (under ``attention_mask`` [N, L], all
+    ones if None) once and write the fixed cache at ``directory``.
+
+    The mean KL(full || reconstructed) over every cached position is measured on the way (the
+    full logits exist only here) and stored in the manifest.
     """
-    fix = f"delete {directory} to rebuild it from the teacher"
+    with _staged(directory) as staging:
+        shards, kl_sum, positions, per_token = [], 0.0, 0, 0
+        rows = input_ids.shape[0]
+        for start in range(0, rows, shard_rows):
+            stop = min(start + shard_rows, rows)
+            parts: dict[str, list[torch.Tensor]] = {"logprobs": [], "indices": [], "tail": []}
+            for logits in _teacher_batches(teacher, input_ids, attention_mask, vocab, start, stop, batch_size):
+                logits = logits.float().cpu()  # [b, L-1, V]
+                sparse = sparsify(logits, k, tail, dtype=VALUE_DTYPES[dtype], index_dtype=INDEX_DTYPE)
+                kl_sum += float(reconstruction_kl(logits, sparse).double().sum())
+                positions += sparse.num_tokens
+                per_token = bytes_per_token(sparse)
+                shape = logits.shape[:-1]
+                parts["logprobs"].append(sparse.logprobs.view(*shape, k))
+                parts["indices"].append(sparse.indices.view(*shape, k))
+                if tail:
+                    parts["tail"].append(sparse.tail_logprob.view(*shape))
+            _write_shard(staging, shards, {name: torch.cat(chunks) for name, chunks in parts.items() if chunks}, start, stop)
+        manifest = _manifest(
+            "fixed", teacher, tokenizer_fingerprint, dataset_fingerprint, input_ids, attention_mask,
+            k=k, tail=tail, vocab=vocab, dtypes={"logprobs": dtype, "indices": str(INDEX_DTYPE)},
+            stats={
+                "bytes_per_token": per_token,
+                "dense_bytes_per_token": 4 * vocab,  # the fp32 logits it replaces
+                "reconstruction_kl": kl_sum / max(positions, 1),  # nats per token, +inf without a tail for k < V
+                "positions": positions,
+            },
+            shards=shards,
+        )
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2))
+
+
+@torch.no_grad()
+def build_adaptive_cache(
+    directory: Path, teacher: Teacher, input_ids: torch.Tensor, *, dataset_fingerprint: str, tokenizer_fingerprint: str,
+    kl_budget: float, k_min: int, k_max: int, vocab: int, batch_size: int = 32, shard_rows: int = 4096,
+    attention_mask: torch.Tensor | None = None,
+) -> None:
+    """Run ``teacher`` over the blocks ``input_ids`` [N, L] (under ``attention_mask``) once and write
+    the adaptive cache at ``directory`` (:func:`~anydistill.lm.adaptive_topk.adaptive_sparsify`).
+
+    Positions that exceed the budget even at ``k_max`` (possible only for ``k_max < V``) are counted
+    in the manifest (``violations``, ``max_kl``) and logged as a warning; the cache is still written.
+    """
+    index_dtype = index_dtype_for(vocab)
+    with _staged(directory) as staging:
+        shards: list[dict] = []
+        counts, kls = [], []
+        rows = input_ids.shape[0]
+        for start in range(0, rows, shard_rows):
+            stop = min(start + shard_rows, rows)
+            parts: dict[str, list[torch.Tensor]] = {"logprobs": [], "indices": [], "tail": [], "counts": []}
+            for logits in _teacher_batches(teacher, input_ids, attention_mask, vocab, start, stop, batch_size):
+                ragged, kl = adaptive_sparsify(logits, kl_budget, k_min, k_max)
+                parts["logprobs"].append(ragged.logprobs)
+                parts["indices"].append(ragged.indices)
+                parts["tail"].append(ragged.tail_logprob)
+                parts["counts"].append(ragged.counts)
+                kls.append(kl)
+            shard_counts = torch.cat(parts.pop("counts"))
+            counts.append(shard_counts)
+            tensors = {name: torch.cat(chunks) for name, chunks in parts.items()}
+            tensors["offsets"] = torch.cat([shard_counts.new_zeros(1), shard_counts.cumsum(0)])  # local to the shard
+            _write_shard(staging, shards, tensors, start, stop)
+        k, kl = torch.cat(counts), torch.cat(kls)
+        values, histogram = k.unique(return_counts=True)
+        violations = int((kl > kl_budget).sum())
+        stats = {
+            "bytes_per_token": float(k.double().mean()) * (2 + index_dtype.itemsize) + 2 + 8,  # entries, tail, offset
+            "dense_bytes_per_token": 4 * vocab,  # the fp32 logits it replaces
+            "reconstruction_kl": float(kl.mean()), "max_kl": float(kl.max()), "kl_budget": kl_budget,
+            "mean_k": float(k.double().mean()), "k_histogram": {str(int(v)): int(c) for v, c in zip(values, histogram)},
+            "violations": violations, "positions": int(k.numel()),
+        }
+        if violations:
+            # Below k_max = V the fix is more entries; at V only fp16 rounding is left, so the budget is too small.
+            fix = f"raise k_max (at most V={vocab}) or kl_budget" if k_max < vocab else "raise kl_budget above fp16 storage's rounding"
+            log.warning("adaptive top-k cache %s: %d of %d positions exceed KL <= %g even at k_max=%d (max %.3g nats): %s",
+                        directory, violations, k.numel(), kl_budget, k_max, stats["max_kl"], fix)
+        manifest = _manifest(
+            "adaptive", teacher, tokenizer_fingerprint, dataset_fingerprint, input_ids, attention_mask,
+            k="adaptive", tail=True, vocab=vocab, kl_budget=kl_budget, k_min=k_min, k_max=k_max,
+            dtypes={"logprobs": "float16", "indices": str(index_dtype), "offsets": "torch.int64"},
+            stats=stats, shards=shards,
+        )
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2))
+
+
+# ----------------------------------------------------------------------------------------------
+# load
+
+
+def _fix(directory: Path) -> str:
+    return f"delete {directory} to rebuild it from the teacher"
+
+
+def _read_manifest(directory: Path, kind: str, fields: dict[str, Any]) -> tuple[dict, list[tuple[str, str]], dict]:
+    """The manifest's format-checked fields ``{what: json path}``, shards and stats."""
+    fix = _fix(directory)
     try:
         manifest = json.loads((directory / "manifest.json").read_text())
-        built_for = {
-            "teacher": manifest["teacher"]["fingerprint"], "tokenizer": manifest["tokenizer"]["fingerprint"],
-            "dataset": manifest["dataset"]["fingerprint"], "k": manifest["k"], "tail": manifest["tail"],
-            "vocabulary": manifest["vocab"], "value dtype": manifest["dtypes"]["logprobs"],
-        }
+        version, built_kind = manifest["format"], manifest.get("kind", "fixed")
+        built_for = {what: _dig(manifest, path) for what, path in fields.items()}
         shards = [(s["file"], s["sha256"]) for s in manifest["shards"]]
         stats = dict(manifest["stats"])
     except FileNotFoundError:
         raise CacheError(f"The top-k cache {directory} has no manifest.json (incomplete or not a cache): {fix}.") from None
     except (ValueError, KeyError, TypeError):
         raise CacheError(f"The manifest of the top-k cache {directory} is corrupt: {fix}.") from None
-    expected = {"teacher": teacher_fingerprint, "tokenizer": tokenizer_fingerprint, "dataset": dataset_fingerprint,
-                "k": k, "tail": tail, "vocabulary": vocab, "value dtype": dtype}
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CacheError(f"The top-k cache {directory} has format {version}, newer than this anydistill {__version__} reads "
+                         f"({FORMAT_VERSION}): upgrade anydistill, or {fix}.")
+    if built_kind != kind:
+        raise CacheError(f"The top-k cache {directory} holds {built_kind}-k signals, not {kind}-k ones: {fix}, or set the method's "
+                         "cache_dir to another directory.")
+    return built_for, shards, stats
+
+
+def _dig(manifest: dict, path: str) -> Any:
+    # Format 1 had no attention field: its teacher always ran with an all-ones mask.
+    if path == "attention":
+        return manifest.get("attention", ALL_ONES)
+    value = manifest
+    for key in path.split("."):
+        value = value[key]
+    return value
+
+
+def _check_built_for(directory: Path, built_for: dict[str, Any], expected: dict[str, Any]) -> None:
     for what, want in expected.items():
-        if built_for[what] != want:
-            raise CacheError(f"The top-k cache {directory} was built for another {what} ({str(built_for[what])[:16]} != "
-                             f"{str(want)[:16]}); {fix}, or set the method's cache_dir to another directory.")
-    parts: dict[str, list[torch.Tensor]] = {"logprobs": [], "indices": [], "tail": []}
+        if built_for[what] == want:
+            continue
+        if what == "attention mask" and built_for[what] == ALL_ONES:
+            raise CacheError(f"The top-k cache {directory} was built with the teacher attending to padding (all-ones "
+                             f"attention mask; format 1 caches always were), unlike the online teacher: {_fix(directory)}.")
+        raise CacheError(f"The top-k cache {directory} was built for another {what} ({str(built_for[what])[:16]} != "
+                         f"{str(want)[:16]}); {_fix(directory)}, or set the method's cache_dir to another directory.")
+
+
+def _read_shards(directory: Path, shards: list[tuple[str, str]], keys: tuple[str, ...]) -> dict[str, list[torch.Tensor]]:
+    parts: dict[str, list[torch.Tensor]] = {key: [] for key in keys}
+    fix = _fix(directory)
     for name, checksum in shards:
         file = directory / str(name)
         if not file.is_file() or file_sha256(file) != checksum:
             raise CacheError(f"Shard {name} of the top-k cache {directory} is missing or corrupt (checksum mismatch): {fix}.")
         try:
             tensors = load_file(str(file))
-        except (SafetensorError, OSError) as error:
+            for key in keys:
+                parts[key].append(tensors[key])
+        except (SafetensorError, OSError, KeyError) as error:
             raise CacheError(f"Shard {name} of the top-k cache {directory} cannot be read ({error}): {fix}.") from None
-        for key in parts if tail else ("logprobs", "indices"):
-            parts[key].append(tensors[key])
+    return parts
+
+
+def load_topk_cache(
+    directory: Path, *, teacher_fingerprint: str, dataset_fingerprint: str, tokenizer_fingerprint: str,
+    k: int, tail: bool, vocab: int, dtype: str = "float16", attention_fingerprint: str = ALL_ONES,
+) -> TopKSignals:
+    """Load and verify the fixed cache at ``directory``.
+
+    Raises:
+        CacheError: missing or corrupt manifest, a newer format, an adaptive cache, built for another
+            teacher, tokenizer, dataset, attention mask, k, tail setting or vocabulary, or a shard
+            that fails its checksum; the message names the fix.
+    """
+    fields = {"teacher": "teacher.fingerprint", "tokenizer": "tokenizer.fingerprint", "dataset": "dataset.fingerprint",
+              "attention mask": "attention", "k": "k", "tail": "tail", "vocabulary": "vocab", "value dtype": "dtypes.logprobs"}
+    built_for, shards, stats = _read_manifest(directory, "fixed", fields)
+    _check_built_for(directory, built_for, {
+        "teacher": teacher_fingerprint, "tokenizer": tokenizer_fingerprint, "dataset": dataset_fingerprint,
+        "attention mask": attention_fingerprint, "k": k, "tail": tail, "vocabulary": vocab, "value dtype": dtype})
+    parts = _read_shards(directory, shards, ("logprobs", "indices", "tail") if tail else ("logprobs", "indices"))
     return TopKSignals(
         logprobs=torch.cat(parts["logprobs"]), indices=torch.cat(parts["indices"]),
         tail=torch.cat(parts["tail"]) if tail else None, stats=stats,
     )
 
 
+def load_adaptive_cache(
+    directory: Path, *, teacher_fingerprint: str, dataset_fingerprint: str, tokenizer_fingerprint: str,
+    kl_budget: float, k_min: int, k_max: int, vocab: int, attention_fingerprint: str = ALL_ONES,
+) -> AdaptiveTopKSignals:
+    """Load and verify the adaptive cache at ``directory`` (refusals as :func:`load_topk_cache`)."""
+    fields = {"teacher": "teacher.fingerprint", "tokenizer": "tokenizer.fingerprint", "dataset": "dataset.fingerprint",
+              "attention mask": "attention", "KL budget": "kl_budget", "k_min": "k_min", "k_max": "k_max",
+              "vocabulary": "vocab", "block size": "dataset.block_size"}
+    built_for, shards, stats = _read_manifest(directory, "adaptive", fields)
+    _check_built_for(directory, built_for, {
+        "teacher": teacher_fingerprint, "tokenizer": tokenizer_fingerprint, "dataset": dataset_fingerprint,
+        "attention mask": attention_fingerprint, "KL budget": kl_budget, "k_min": k_min, "k_max": k_max, "vocabulary": vocab})
+    parts = _read_shards(directory, shards, ("logprobs", "indices", "tail", "offsets"))
+    positions = int(built_for["block size"]) - 1
+    # Offsets are local to each shard: shift them by the entries of the shards before.
+    offsets, base = [torch.zeros(1, dtype=torch.int64)], 0
+    for (name, _), values, tail, local in zip(shards, parts["logprobs"], parts["tail"], parts["offsets"]):
+        consistent = (local.numel() == tail.numel() + 1 and tail.numel() % max(positions, 1) == 0
+                      and int(local[0]) == 0 and int(local[-1]) == values.numel() and bool((local[1:] > local[:-1]).all()))
+        if not consistent:
+            raise CacheError(f"Shard {name} of the top-k cache {directory} has inconsistent offsets: {_fix(directory)}.")
+        offsets.append(local[1:] + base)
+        base += values.numel()
+    ragged = RaggedTeacher(logprobs=torch.cat(parts["logprobs"]), indices=torch.cat(parts["indices"]),
+                           tail_logprob=torch.cat(parts["tail"]), offsets=torch.cat(offsets))
+    return AdaptiveTopKSignals(ragged=ragged, positions=positions, vocab=vocab, stats=stats)
+
+
+# ----------------------------------------------------------------------------------------------
+# entry points
+
+
 def open_or_build_topk_cache(
     root: Path, teacher: Teacher, input_ids: torch.Tensor, *, dataset_fingerprint: str, tokenizer_fingerprint: str,
-    k: int, tail: bool, vocab: int, dtype: str = "float16",
+    k: int, tail: bool, vocab: int, dtype: str = "float16", attention_mask: torch.Tensor | None = None,
 ) -> tuple[TopKSignals, Path, bool]:
-    """Load the cache for (teacher, dataset, k, tail, vocabulary) under ``root``, building it first if absent.
+    """Load the fixed cache for (teacher, dataset, k, tail, vocabulary) under ``root``, building it first if absent.
+
+    ``attention_mask`` [N, L] is the split's (:func:`split_attention_mask`); None means all ones
+    (right for unpadded blocks only).
 
     Returns:
         (signals, cache directory, whether it was built now).
@@ -184,9 +418,35 @@ def open_or_build_topk_cache(
     directory = topk_cache_directory(root, teacher_fp, dataset_fingerprint, k, tail, vocab, dtype)
     built = not directory.exists()
     if built:
-        build_topk_cache(directory, teacher, input_ids, dataset_fingerprint=dataset_fingerprint,
-                         tokenizer_fingerprint=tokenizer_fingerprint, k=k, tail=tail, vocab=vocab, dtype=dtype)
+        build_topk_cache(directory, teacher, input_ids, dataset_fingerprint=dataset_fingerprint, tokenizer_fingerprint=tokenizer_fingerprint,
+                         k=k, tail=tail, vocab=vocab, dtype=dtype, attention_mask=attention_mask)
     signals = load_topk_cache(directory, teacher_fingerprint=teacher_fp, dataset_fingerprint=dataset_fingerprint,
-                              tokenizer_fingerprint=tokenizer_fingerprint, k=k, tail=tail, vocab=vocab, dtype=dtype)
+                              tokenizer_fingerprint=tokenizer_fingerprint, k=k, tail=tail, vocab=vocab, dtype=dtype,
+                              attention_fingerprint=attention_fingerprint(attention_mask))
     return signals, directory, built
 
+
+def open_or_build_adaptive_cache(
+    root: Path, teacher: Teacher, input_ids: torch.Tensor, *, dataset_fingerprint: str, tokenizer_fingerprint: str,
+    kl_budget: float, k_min: int, k_max: int, vocab: int, attention_mask: torch.Tensor | None = None,
+) -> tuple[AdaptiveTopKSignals, Path, bool]:
+    """Load the adaptive cache for (teacher, dataset, kl_budget, k_min, k_max, vocabulary) under
+    ``root``, building it first if absent (``attention_mask`` as in :func:`open_or_build_topk_cache`).
+
+    Raises:
+        ValueError: the settings' problems (:func:`~anydistill.lm.adaptive_topk.adaptive_problems`).
+
+    Returns:
+        (signals, cache directory, whether it was built now).
+    """
+    raise_problems(adaptive_problems(kl_budget, k_min, k_max, vocab))
+    teacher_fp = teacher.fingerprint()
+    directory = adaptive_cache_directory(root, teacher_fp, dataset_fingerprint, kl_budget, k_min, k_max, vocab)
+    built = not directory.exists()
+    if built:
+        build_adaptive_cache(directory, teacher, input_ids, dataset_fingerprint=dataset_fingerprint, tokenizer_fingerprint=tokenizer_fingerprint,
+                             kl_budget=kl_budget, k_min=k_min, k_max=k_max, vocab=vocab, attention_mask=attention_mask)
+    signals = load_adaptive_cache(directory, teacher_fingerprint=teacher_fp, dataset_fingerprint=dataset_fingerprint,
+                                  tokenizer_fingerprint=tokenizer_fingerprint, kl_budget=kl_budget, k_min=k_min, k_max=k_max,
+                                  vocab=vocab, attention_fingerprint=attention_fingerprint(attention_mask))
+    return signals, directory, built
