@@ -142,3 +142,51 @@ def test_export_reloads_with_transformers_and_the_engine(tmp_path) -> None:
 
     row = evaluator.evaluate(model, None, "lm-sft")
     assert row["nll"] > 0 and len(row["greedy"]) > 0 and row["params"] == sum(p.numel() for p in model.parameters())
+
+
+def test_adaptive_cache_within_a_tiny_budget_trains_like_the_online_teacher(tmp_path) -> None:
+    teacher = tiny_teacher()
+    online = LMKD(tiny_lm(0), teacher, SGD, divergence="fkl", alpha=1.0)
+    fit(online, tiny_data(), steps=3)
+    cached = LMKD(tiny_lm(0), teacher, SGD, divergence="fkl", alpha=1.0, topk="adaptive", kl_budget=1e-5,
+                  cache_dir=str(tmp_path / "cache"))
+    fit(cached, tiny_data(), steps=3)
+    stats = cached.signals.stats
+    assert stats["max_kl"] <= 1e-5 and stats["violations"] == 0 and stats["mean_k"] < 96
+    for key, value in online.student.state_dict().items():
+        torch.testing.assert_close(cached.student.state_dict()[key], value, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"topk": "adaptive", "kl_budget": 0}, "kl_budget"),
+    ({"topk": "adaptive", "k_min": 9, "k_max": 4}, "k_min"),
+    ({"topk": "adaptive", "k_max": 500}, "k_max"),
+    ({"topk": 500}, "topk"),
+])
+def test_bad_cache_settings_are_refused_in_one_line_before_anything_is_written(tmp_path, options, message) -> None:
+    from anydistill.catalog import load_recipe
+
+    recipe = {"name": "bad-cache", "data": {"name": "shakespeare", "block_size": 32, "prompt_tokens": 8, "train_limit": 16},
+              "teacher": {"name": "gpt2-lm", "vocab_size": 96, "n_layer": 1, "n_embd": 32, "n_head": 2, "n_positions": 32},
+              "student": {"name": "gpt2-lm", "vocab_size": 96, "n_layer": 1, "n_embd": 32, "n_head": 2, "n_positions": 32},
+              "methods": {"lm-kd": {**options, "cache_dir": str(tmp_path / "cache")}}}
+    with pytest.raises(Exception) as error:
+        load_recipe(recipe)
+    text = str(error.value)
+    assert message in text and len(text.strip().splitlines()) == 1, text
+    assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("fused_head", [True, False])
+def test_gkd_reads_the_data_completions_from_the_cache(tmp_path, fused_head: bool) -> None:
+    """Off-policy batches read the cache (no teacher pass) and train as the online teacher would."""
+    teacher = tiny_teacher()
+    online = GKD(tiny_lm(0), teacher, SGD, lmbda=0.0, beta=0.5, fused_head=fused_head)
+    fit(online, tiny_data(), steps=3)
+    counter = ForwardCounter(teacher.model)
+    cached = GKD(tiny_lm(0), teacher, SGD, lmbda=0.0, beta=0.5, fused_head=fused_head, topk=96, cache_dtype="float32",
+                 cache_dir=str(tmp_path / "cache"))
+    fit(cached, tiny_data(), steps=3, callbacks=[counter])
+    assert counter.calls == 0
+    for key, value in online.student.state_dict().items():
+        torch.testing.assert_close(cached.student.state_dict()[key], value, rtol=1e-5, atol=1e-6)

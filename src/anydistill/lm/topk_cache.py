@@ -450,3 +450,41 @@ def open_or_build_adaptive_cache(
                                   tokenizer_fingerprint=tokenizer_fingerprint, kl_budget=kl_budget, k_min=k_min, k_max=k_max,
                                   vocab=vocab, attention_fingerprint=attention_fingerprint(attention_mask))
     return signals, directory, built
+
+
+def open_signals(
+    who: str, teacher: Teacher, datamodule: Any, *, vocab: int, root: str | Path, topk: int | str, tail: bool = True,
+    dtype: str = "float16", kl_budget: float = 1e-3, k_min: int = 1, k_max: int | None = None,
+) -> TopKSignals | AdaptiveTopKSignals:
+    """The cache a method asked for (``topk``: an int for the fixed cache, ``"adaptive"`` for the
+    adaptive one; ``k_max`` None = the vocabulary) over ``datamodule``'s training split, under the
+    split's attention mask, opened or built, with one log line of its statistics for ``who``."""
+    from anydistill.data.tokenizers import tokenizer_fingerprint
+
+    ids = datamodule.split("train")[0]
+    common = dict(dataset_fingerprint=datamodule.fingerprint("train"), tokenizer_fingerprint=tokenizer_fingerprint(datamodule.tokenizer),
+                  vocab=vocab, attention_mask=split_attention_mask(datamodule, "train"))
+    if topk == "adaptive":
+        k_max = vocab if k_max is None else k_max
+        signals, directory, built = open_or_build_adaptive_cache(Path(root), teacher, ids, kl_budget=kl_budget, k_min=k_min, k_max=k_max, **common)
+        stats = signals.stats
+        log.info("%s: adaptive top-k cache %s %s: eps %g, mean k %.1f, %.1f bytes/token, KL(full || reconstructed) mean %.3g, max %.3g nats/token",
+                 who, directory, "built" if built else "loaded", kl_budget, stats["mean_k"], stats["bytes_per_token"],
+                 stats["reconstruction_kl"], stats["max_kl"])
+        return signals
+    signals, directory, built = open_or_build_topk_cache(Path(root), teacher, ids, k=int(topk), tail=tail, dtype=dtype, **common)
+    stats = signals.stats
+    log.info("%s: top-k cache %s %s: k %d, %.1f bytes/token, KL(full || reconstructed) = %.3g nats/token",
+             who, directory, "built" if built else "loaded", int(topk), stats["bytes_per_token"], stats["reconstruction_kl"])
+    return signals
+
+
+def signal_problems(who: str, topk: object, vocab: int, kl_budget: float, k_min: int, k_max: int | None) -> list[str]:
+    """One line per problem of a method's cache settings (``topk`` an int <= V, or ``"adaptive"`` with valid ε and k range)."""
+    if topk is None:
+        return []
+    if topk == "adaptive":
+        return adaptive_problems(kl_budget, k_min, vocab if k_max is None else k_max, vocab)
+    if isinstance(topk, int) and topk > vocab:
+        return [f"The 'topk' parameter of {who} must be <= the vocabulary ({vocab}) or 'adaptive'. Got {topk}."]
+    return []

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -16,6 +16,9 @@ from anydistill.lm.common import causal_logits, generate, lm_data_problems, lm_v
 from anydistill.lm.fused_head import fused_token_distill_loss
 from anydistill.lm.head import choose_fused, last_hidden, lm_head, teacher_hidden
 from anydistill.lm.token_losses import token_distill_loss
+from anydistill.lm.topk import SparseTeacher
+from anydistill.lm.topk_cache import open_signals, signal_problems
+from anydistill.lm.vocab import output_width
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,9 @@ class GKD(DistillationMethod):
             chunk, so neither ``[B, L, V]`` logits tensor exists (as ``lm-kd``; a model whose logits
             are not ``hidden @ head`` keeps the full-logit path and the log says why).
         head_chunk_tokens: tokens whose logits exist at once on the fused path.
+        topk, kl_budget, k_min, k_max, topk_tail, cache_dtype, cache_dir: as in ``lm-kd``: batches
+            that keep the data's completions (probability 1 - lmbda) read the teacher's cached
+            distributions instead of running it; on-policy batches always run it.
     """
 
     family = "lm"
@@ -63,16 +69,30 @@ class GKD(DistillationMethod):
         temperature: PositiveFloat = 0.9,
         fused_head: bool = True,
         head_chunk_tokens: PositiveInt = 256,
+        topk: PositiveInt | Literal["adaptive"] | None = None,
+        kl_budget: PositiveFloat = 1e-3,
+        k_min: PositiveInt = 1,
+        k_max: PositiveInt | None = None,
+        topk_tail: bool = True,
+        cache_dtype: Literal["float16", "float32"] = "float16",
+        cache_dir: str = ".anydistill-cache/lm-topk",
     ):
         super().__init__(student, teacher, optimizer)
         self.lmbda, self.beta, self.temperature = lmbda, beta, temperature
         self.fused_head, self.head_chunk_tokens, self.fused = fused_head, head_chunk_tokens, False
+        self.topk, self.kl_budget, self.k_min, self.k_max = topk, kl_budget, k_min, k_max
+        self.topk_tail, self.cache_dtype, self.cache_dir = topk_tail, cache_dtype, cache_dir
+        self.signals = None  # the teacher cache of the data's completions, loaded in setup
 
     def setup(self, stage: str) -> None:
         self.vocab = prepare(self)
         data = self.trainer.datamodule
         self.prompt_tokens, self.new_tokens = data.prompt_tokens, data.block_size - data.prompt_tokens
         self.eos_id, self.pad_id = data.tokenizer.eos_token_id, data.tokenizer.pad_token_id
+        if self.topk is not None and self.signals is None and self.lmbda < 1:
+            self.signals = open_signals("gkd", self.teacher, data, vocab=self.vocab, root=self.cache_dir, topk=self.topk,
+                                        tail=self.topk_tail, dtype=self.cache_dtype, kl_budget=self.kl_budget,
+                                        k_min=self.k_min, k_max=self.k_max)
         strategy = type(self.trainer.strategy).__name__ if self.trainer is not None else ""
         models = {"student": self.student, "teacher": self.teacher.model}
         self.fused, why_not = choose_fused(self.fused_head, models, self.vocab, strategy)
@@ -97,16 +117,12 @@ class GKD(DistillationMethod):
         # (causal: no kept position attends to a later one).
         ones = torch.ones_like(ids)
         # The teacher runs before the student's graph exists (see LMKD.training_step: ~1.4x faster on CPU);
-        # its one pass of the step.
+        # its one pass of the step, none when the data's completions are read from the cache.
+        cached = self.signals.rows(batch["index"], device=ids.device) if self.signals is not None and not on_policy else None
         if self.fused:
-            target = teacher_hidden(self.teacher.model, ids, ones)
-            student, teacher = lm_head(self.student, self.vocab), lm_head(self.teacher.model, self.vocab)
-            jsd_sum, count = fused_token_distill_loss(
-                last_hidden(self.student, ids, ones), student.weight, student.bias, target, teacher.weight, teacher.bias,
-                mask, divergence="jsd", beta=self.beta, chunk_tokens=self.head_chunk_tokens,
-            )
+            jsd_sum, count = self.fused_jsd(ids, ones, mask, cached)
         else:
-            target = teacher_logits(self.teacher, ids, ones, self.vocab)
+            target = cached if cached is not None else teacher_logits(self.teacher, ids, ones, self.vocab)
             logits = causal_logits(self.student, ids, ones)
             jsd_sum, count = token_distill_loss(logits[..., : self.vocab], target, mask, divergence="jsd", beta=self.beta)
         size = ids.shape[0]
@@ -114,10 +130,28 @@ class GKD(DistillationMethod):
         self.log_train("train/on_policy", torch.tensor(float(on_policy)), size)
         return step_loss(self, jsd_sum, count)
 
+    def fused_jsd(self, ids: torch.Tensor, attention: torch.Tensor, mask: torch.Tensor, cached: SparseTeacher | None) -> tuple[torch.Tensor, int]:
+        """JSD(beta) from the student's last hidden states and head, against the cached rows or the
+        online teacher's hidden states and head, chunk by chunk (`lm.fused_head`)."""
+        student = lm_head(self.student, self.vocab)
+        if cached is not None:
+            target, teacher_weight, teacher_bias = cached, None, None
+        else:
+            target = teacher_hidden(self.teacher.model, ids, attention)
+            teacher = lm_head(self.teacher.model, self.vocab)
+            teacher_weight, teacher_bias = teacher.weight, teacher.bias
+        return fused_token_distill_loss(
+            last_hidden(self.student, ids, attention), student.weight, student.bias, target, teacher_weight, teacher_bias,
+            mask, divergence="jsd", beta=self.beta, chunk_tokens=self.head_chunk_tokens,
+        )
+
     validation_step = lm_validation_step
 
     def data_problems(self, datamodule: Any, teacher: nn.Module | None) -> list[str]:
         problems = lm_data_problems(self, datamodule, teacher)
         if not problems and datamodule.prompt_tokens < 1:
             problems.append("method 'gkd' generates completions from prompts: set data.prompt_tokens >= 1 (e.g. 32).")
+        if not problems:
+            vocab = min(output_width(m) for m in (self.student, teacher) if m is not None)
+            problems += signal_problems("gkd", self.topk, vocab, self.kl_budget, self.k_min, self.k_max)
         return problems

@@ -4,7 +4,6 @@ top-k cache of its distributions."""
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -19,6 +18,7 @@ from anydistill.lm.fused_head import fused_kd_ce_loss
 from anydistill.lm.head import Head, choose_fused, last_hidden, lm_head, teacher_hidden
 from anydistill.lm.token_losses import token_ce_loss, token_distill_loss
 from anydistill.lm.topk import SparseTeacher
+from anydistill.lm.topk_cache import open_signals, signal_problems
 from anydistill.lm.vocab import output_width
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,11 @@ class LMKD(DistillationMethod):
         skew_alpha: the mixing weight of ``skl`` / ``srkl`` (DistiLLM's 0.1).
         alpha: weight of the KD term; ``1 - alpha`` weights the cross-entropy.
         scale_by_t2: multiply the KD term by T^2 (Hinton).
-        topk: cache and train on the teacher's top-k log-probabilities instead of running it online.
+        topk: cache and train on the teacher's top-k log-probabilities instead of running it online:
+            a fixed k, or ``adaptive``: at each position the fewest entries (``k_min``..``k_max``)
+            whose reconstruction is within ``KL <= kl_budget`` nats of the teacher (`lm.adaptive_topk`).
+        kl_budget: ε of the adaptive cache, checked at every position (the max, not the mean).
+        k_min, k_max: the adaptive cache's range of k (``k_max`` None = the vocabulary).
         topk_tail: store the tail bucket (mass outside the top-k, spread uniformly); without it the
             top-k is renormalised.
         cache_dtype: storage of the cached log-probabilities (float16 halves the bytes; its rounding
@@ -84,7 +88,10 @@ class LMKD(DistillationMethod):
         skew_alpha: Fraction = 0.1,
         alpha: Fraction = 0.5,
         scale_by_t2: bool = False,
-        topk: PositiveInt | None = None,
+        topk: PositiveInt | Literal["adaptive"] | None = None,
+        kl_budget: PositiveFloat = 1e-3,
+        k_min: PositiveInt = 1,
+        k_max: PositiveInt | None = None,
         topk_tail: bool = True,
         cache_dtype: Literal["float16", "float32"] = "float16",
         cache_dir: str = ".anydistill-cache/lm-topk",
@@ -95,6 +102,7 @@ class LMKD(DistillationMethod):
         self.divergence, self.temperature, self.beta, self.skew_alpha = divergence, temperature, beta, skew_alpha
         self.alpha, self.scale_by_t2 = alpha, scale_by_t2
         self.topk, self.topk_tail, self.cache_dtype, self.cache_dir = topk, topk_tail, cache_dtype, cache_dir
+        self.kl_budget, self.k_min, self.k_max = kl_budget, k_min, k_max
         self.fused_head, self.head_chunk_tokens = fused_head, head_chunk_tokens
         self.signals = None  # the top-k cache, loaded in setup
         self.fused, self.teacher_head = False, None  # decided in setup
@@ -102,17 +110,9 @@ class LMKD(DistillationMethod):
     def setup(self, stage: str) -> None:
         self.vocab = prepare(self)
         if self.topk is not None and self.signals is None:
-            from anydistill.lm.topk_cache import open_or_build_topk_cache
-            from anydistill.data.tokenizers import tokenizer_fingerprint
-
-            data = self.trainer.datamodule
-            self.signals, directory, built = open_or_build_topk_cache(
-                Path(self.cache_dir), self.teacher, data.split("train")[0], dataset_fingerprint=data.fingerprint("train"),
-                tokenizer_fingerprint=tokenizer_fingerprint(data.tokenizer), k=self.topk, tail=self.topk_tail, vocab=self.vocab, dtype=self.cache_dtype,
-            )
-            stats = self.signals.stats
-            log.info("top-k cache %s %s: k=%d, %d bytes/token, KL(full || reconstructed) = %.3g nats/token",
-                     directory, "built" if built else "loaded", self.topk, stats["bytes_per_token"], stats["reconstruction_kl"])
+            self.signals = open_signals("lm-kd", self.teacher, self.trainer.datamodule, vocab=self.vocab, root=self.cache_dir,
+                                        topk=self.topk, tail=self.topk_tail, dtype=self.cache_dtype, kl_budget=self.kl_budget,
+                                        k_min=self.k_min, k_max=self.k_max)
         online = {"teacher": self.teacher.model} if self.signals is None else {}
         self.fused, why_not = choose_fused(self.fused_head, {"student": self.student, **online}, self.vocab,
                                            type(self.trainer.strategy).__name__ if self.trainer is not None else "")
@@ -170,6 +170,6 @@ class LMKD(DistillationMethod):
     def data_problems(self, datamodule: Any, teacher: nn.Module | None) -> list[str]:
         problems = lm_data_problems(self, datamodule, teacher)
         vocab = min(output_width(m) for m in (self.student, teacher) if m is not None)
-        if not problems and self.topk is not None and self.topk > vocab:
-            problems.append(f"The 'topk' parameter of lm-kd must be <= the vocabulary ({vocab}). Got {self.topk}.")
+        if not problems:
+            problems += signal_problems("lm-kd", self.topk, vocab, self.kl_budget, self.k_min, self.k_max)
         return problems
