@@ -22,7 +22,7 @@ import lm_common as c
 from anydistill.lm.adaptive_topk import adaptive_sparsify, ragged_bytes_per_token
 from anydistill.lm.common import teacher_logits
 from anydistill.lm.topk import densify_rows, sparsify
-from anydistill.lm.topk_cache import split_attention_mask
+from anydistill.lm.signal_store import split_attention_mask
 
 VOCAB = 96
 BUDGETS = (1e-2, 1e-3, 1e-4)

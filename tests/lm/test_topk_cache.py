@@ -12,8 +12,8 @@ from anydistill.core.teacher import Teacher
 from anydistill.lm.common import teacher_logits
 from anydistill.lm.token_losses import token_distill_loss
 from anydistill.lm.topk import densify
-from anydistill.lm.topk_cache import (attention_fingerprint, load_topk_cache, open_or_build_adaptive_cache,
-                                      open_or_build_topk_cache, split_attention_mask)
+from anydistill.lm.signal_store import attention_fingerprint, split_attention_mask
+from anydistill.lm.topk_cache import load_topk_cache, open_or_build_adaptive_cache, open_or_build_topk_cache
 from lm.lm_helpers import tiny_data, tiny_teacher
 from lm.local_folder import conversations, save_tiny_llama, write_jsonl
 

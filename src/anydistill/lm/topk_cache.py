@@ -27,37 +27,26 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
-from anydistill import __version__
-from anydistill.core.cache import file_sha256, tensor_fingerprint
+from anydistill.core.cache import staged_directory
 from anydistill.core.checks import raise_problems
 from anydistill.core.errors import CacheError
 from anydistill.core.teacher import Teacher
+from anydistill.lm import signal_store as store
 from anydistill.lm.adaptive_topk import RaggedTeacher, adaptive_problems, adaptive_sparsify, index_dtype_for
 from anydistill.lm.common import teacher_logits
 from anydistill.lm.topk import SparseTeacher, bytes_per_token, reconstruction_kl, sparsify
 
 log = logging.getLogger(__name__)
 
-# 1: fixed caches, teacher run with an all-ones attention mask. 2: the split's attention mask, and
-# a "kind" (fixed | adaptive). An adaptive manifest also says "k": "adaptive", so a build that
-# predates format 2 (which reads no format) refuses it as "built for another k".
-FORMAT_VERSION = 2
 INDEX_DTYPE = torch.int32  # any real vocabulary fits
 VALUE_DTYPES = {"float16": torch.float16, "float32": torch.float32}
-ALL_ONES = "all-ones"  # the attention fingerprint of an unpadded split (and of every format-1 cache)
 
 
 @dataclass
@@ -103,24 +92,6 @@ class AdaptiveTopKSignals:
                              tail_logprob=sparse.tail_logprob.to(device))
 
 
-def split_attention_mask(datamodule: Any, name: str = "train") -> torch.Tensor:
-    """The attention mask [N, L] that ``datamodule``'s loaders serve with the rows of split ``name``:
-    its ``attention[name]`` where it keeps one (lm-dataset: 0 on padding), else all ones (unpadded
-    blocks, as the Shakespeare loaders serve)."""
-    ids, _ = datamodule.split(name)
-    kept = getattr(datamodule, "attention", None)
-    if isinstance(kept, dict) and name in kept:
-        return kept[name]
-    return torch.ones_like(ids)
-
-
-def attention_fingerprint(attention_mask: torch.Tensor | None) -> str:
-    """``"all-ones"`` for no mask or an all-ones one (what every format-1 cache was built with), else the mask's SHA-256."""
-    if attention_mask is None or bool((attention_mask != 0).all()):
-        return ALL_ONES
-    return tensor_fingerprint(attention_mask.ne(0))
-
-
 def topk_cache_directory(root: Path, teacher_fp: str, dataset_fp: str, k: int, tail: bool, vocab: int, dtype: str = "float16") -> Path:
     """Where the fixed cache for (teacher, dataset, k, tail, vocabulary, value dtype) lives under ``root``."""
     return root / f"{teacher_fp[:16]}-{dataset_fp[:16]}-k{k}{'t' if tail else ''}-v{vocab}-{dtype}"
@@ -135,22 +106,6 @@ def adaptive_cache_directory(root: Path, teacher_fp: str, dataset_fp: str, kl_bu
 # build
 
 
-@contextmanager
-def _staged(directory: Path) -> Iterator[Path]:
-    """A staging directory next to ``directory``, renamed into place if the block succeeds."""
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".building-", dir=directory.parent))
-    try:
-        yield staging
-        try:
-            os.replace(staging, directory)
-        except OSError:
-            if not (directory / "manifest.json").exists():  # another rank finished the same cache first
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
 def _teacher_batches(teacher: Teacher, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, vocab: int,
                      start: int, stop: int, batch_size: int) -> Iterator[torch.Tensor]:
     """The teacher's logits [b, L-1, V] of blocks [start, stop), ``batch_size`` blocks at a time,
@@ -159,24 +114,6 @@ def _teacher_batches(teacher: Teacher, input_ids: torch.Tensor, attention_mask: 
         ids = input_ids[lo : min(lo + batch_size, stop)]
         mask = attention_mask[lo : min(lo + batch_size, stop)] if attention_mask is not None else torch.ones_like(ids)
         yield teacher_logits(teacher, ids, mask, vocab)
-
-
-def _write_shard(staging: Path, shards: list[dict], tensors: dict[str, torch.Tensor], start: int, stop: int) -> None:
-    file = staging / f"shard-{len(shards):05d}.safetensors"
-    save_file({name: tensor.contiguous() for name, tensor in tensors.items()}, str(file))
-    shards.append({"file": file.name, "start": start, "stop": stop, "sha256": file_sha256(file)})
-
-
-def _manifest(kind: str, teacher: Teacher, tokenizer_fingerprint: str, dataset_fingerprint: str, input_ids: torch.Tensor,
-              attention_mask: torch.Tensor | None, **settings: Any) -> dict:
-    return {
-        "format": FORMAT_VERSION, "kind": kind, "anydistill": __version__,
-        "teacher": {"name": teacher.name, "fingerprint": teacher.fingerprint()},
-        "tokenizer": {"fingerprint": tokenizer_fingerprint},
-        "dataset": {"fingerprint": dataset_fingerprint, "rows": int(input_ids.shape[0]), "block_size": int(input_ids.shape[1])},
-        "attention": attention_fingerprint(attention_mask),
-        **settings,
-    }
 
 
 @torch.no_grad()
@@ -191,7 +128,7 @@ def build_topk_cache(
     The mean KL(full || reconstructed) over every cached position is measured on the way (the
     full logits exist only here) and stored in the manifest.
     """
-    with _staged(directory) as staging:
+    with staged_directory(directory) as staging:
         shards, kl_sum, positions, per_token = [], 0.0, 0, 0
         rows = input_ids.shape[0]
         for start in range(0, rows, shard_rows):
@@ -208,8 +145,8 @@ def build_topk_cache(
                 parts["indices"].append(sparse.indices.view(*shape, k))
                 if tail:
                     parts["tail"].append(sparse.tail_logprob.view(*shape))
-            _write_shard(staging, shards, {name: torch.cat(chunks) for name, chunks in parts.items() if chunks}, start, stop)
-        manifest = _manifest(
+            store.write_shard(staging, shards, {name: torch.cat(chunks) for name, chunks in parts.items() if chunks}, start, stop)
+        manifest = store.manifest(
             "fixed", teacher, tokenizer_fingerprint, dataset_fingerprint, input_ids, attention_mask,
             k=k, tail=tail, vocab=vocab, dtypes={"logprobs": dtype, "indices": str(INDEX_DTYPE)},
             stats={
@@ -236,7 +173,7 @@ def build_adaptive_cache(
     in the manifest (``violations``, ``max_kl``) and logged as a warning; the cache is still written.
     """
     index_dtype = index_dtype_for(vocab)
-    with _staged(directory) as staging:
+    with staged_directory(directory) as staging:
         shards: list[dict] = []
         counts, kls = [], []
         rows = input_ids.shape[0]
@@ -254,7 +191,7 @@ def build_adaptive_cache(
             counts.append(shard_counts)
             tensors = {name: torch.cat(chunks) for name, chunks in parts.items()}
             tensors["offsets"] = torch.cat([shard_counts.new_zeros(1), shard_counts.cumsum(0)])  # local to the shard
-            _write_shard(staging, shards, tensors, start, stop)
+            store.write_shard(staging, shards, tensors, start, stop)
         k, kl = torch.cat(counts), torch.cat(kls)
         values, histogram = k.unique(return_counts=True)
         violations = int((kl > kl_budget).sum())
@@ -270,7 +207,7 @@ def build_adaptive_cache(
             fix = f"raise k_max (at most V={vocab}) or kl_budget" if k_max < vocab else "raise kl_budget above fp16 storage's rounding"
             log.warning("adaptive top-k cache %s: %d of %d positions exceed KL <= %g even at k_max=%d (max %.3g nats): %s",
                         directory, violations, k.numel(), kl_budget, k_max, stats["max_kl"], fix)
-        manifest = _manifest(
+        manifest = store.manifest(
             "adaptive", teacher, tokenizer_fingerprint, dataset_fingerprint, input_ids, attention_mask,
             k="adaptive", tail=True, vocab=vocab, kl_budget=kl_budget, k_min=k_min, k_max=k_max,
             dtypes={"logprobs": "float16", "indices": str(index_dtype), "offsets": "torch.int64"},
@@ -283,72 +220,9 @@ def build_adaptive_cache(
 # load
 
 
-def _fix(directory: Path) -> str:
-    return f"delete {directory} to rebuild it from the teacher"
-
-
-def _read_manifest(directory: Path, kind: str, fields: dict[str, Any]) -> tuple[dict, list[tuple[str, str]], dict]:
-    """The manifest's format-checked fields ``{what: json path}``, shards and stats."""
-    fix = _fix(directory)
-    try:
-        manifest = json.loads((directory / "manifest.json").read_text())
-        version, built_kind = manifest["format"], manifest.get("kind", "fixed")
-        built_for = {what: _dig(manifest, path) for what, path in fields.items()}
-        shards = [(s["file"], s["sha256"]) for s in manifest["shards"]]
-        stats = dict(manifest["stats"])
-    except FileNotFoundError:
-        raise CacheError(f"The top-k cache {directory} has no manifest.json (incomplete or not a cache): {fix}.") from None
-    except (ValueError, KeyError, TypeError):
-        raise CacheError(f"The manifest of the top-k cache {directory} is corrupt: {fix}.") from None
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise CacheError(f"The top-k cache {directory} has format {version}, newer than this anydistill {__version__} reads "
-                         f"({FORMAT_VERSION}): upgrade anydistill, or {fix}.")
-    if built_kind != kind:
-        raise CacheError(f"The top-k cache {directory} holds {built_kind}-k signals, not {kind}-k ones: {fix}, or set the method's "
-                         "cache_dir to another directory.")
-    return built_for, shards, stats
-
-
-def _dig(manifest: dict, path: str) -> Any:
-    # Format 1 had no attention field: its teacher always ran with an all-ones mask.
-    if path == "attention":
-        return manifest.get("attention", ALL_ONES)
-    value = manifest
-    for key in path.split("."):
-        value = value[key]
-    return value
-
-
-def _check_built_for(directory: Path, built_for: dict[str, Any], expected: dict[str, Any]) -> None:
-    for what, want in expected.items():
-        if built_for[what] == want:
-            continue
-        if what == "attention mask" and built_for[what] == ALL_ONES:
-            raise CacheError(f"The top-k cache {directory} was built with the teacher attending to padding (all-ones "
-                             f"attention mask; format 1 caches always were), unlike the online teacher: {_fix(directory)}.")
-        raise CacheError(f"The top-k cache {directory} was built for another {what} ({str(built_for[what])[:16]} != "
-                         f"{str(want)[:16]}); {_fix(directory)}, or set the method's cache_dir to another directory.")
-
-
-def _read_shards(directory: Path, shards: list[tuple[str, str]], keys: tuple[str, ...]) -> dict[str, list[torch.Tensor]]:
-    parts: dict[str, list[torch.Tensor]] = {key: [] for key in keys}
-    fix = _fix(directory)
-    for name, checksum in shards:
-        file = directory / str(name)
-        if not file.is_file() or file_sha256(file) != checksum:
-            raise CacheError(f"Shard {name} of the top-k cache {directory} is missing or corrupt (checksum mismatch): {fix}.")
-        try:
-            tensors = load_file(str(file))
-            for key in keys:
-                parts[key].append(tensors[key])
-        except (SafetensorError, OSError, KeyError) as error:
-            raise CacheError(f"Shard {name} of the top-k cache {directory} cannot be read ({error}): {fix}.") from None
-    return parts
-
-
 def load_topk_cache(
     directory: Path, *, teacher_fingerprint: str, dataset_fingerprint: str, tokenizer_fingerprint: str,
-    k: int, tail: bool, vocab: int, dtype: str = "float16", attention_fingerprint: str = ALL_ONES,
+    k: int, tail: bool, vocab: int, dtype: str = "float16", attention_fingerprint: str = store.ALL_ONES,
 ) -> TopKSignals:
     """Load and verify the fixed cache at ``directory``.
 
@@ -359,11 +233,11 @@ def load_topk_cache(
     """
     fields = {"teacher": "teacher.fingerprint", "tokenizer": "tokenizer.fingerprint", "dataset": "dataset.fingerprint",
               "attention mask": "attention", "k": "k", "tail": "tail", "vocabulary": "vocab", "value dtype": "dtypes.logprobs"}
-    built_for, shards, stats = _read_manifest(directory, "fixed", fields)
-    _check_built_for(directory, built_for, {
+    built_for, shards, stats = store.read_manifest(directory, "fixed", fields)
+    store.check_built_for(directory, built_for, {
         "teacher": teacher_fingerprint, "tokenizer": tokenizer_fingerprint, "dataset": dataset_fingerprint,
         "attention mask": attention_fingerprint, "k": k, "tail": tail, "vocabulary": vocab, "value dtype": dtype})
-    parts = _read_shards(directory, shards, ("logprobs", "indices", "tail") if tail else ("logprobs", "indices"))
+    parts = store.read_shards(directory, shards, ("logprobs", "indices", "tail") if tail else ("logprobs", "indices"))
     return TopKSignals(
         logprobs=torch.cat(parts["logprobs"]), indices=torch.cat(parts["indices"]),
         tail=torch.cat(parts["tail"]) if tail else None, stats=stats,
@@ -372,17 +246,17 @@ def load_topk_cache(
 
 def load_adaptive_cache(
     directory: Path, *, teacher_fingerprint: str, dataset_fingerprint: str, tokenizer_fingerprint: str,
-    kl_budget: float, k_min: int, k_max: int, vocab: int, attention_fingerprint: str = ALL_ONES,
+    kl_budget: float, k_min: int, k_max: int, vocab: int, attention_fingerprint: str = store.ALL_ONES,
 ) -> AdaptiveTopKSignals:
     """Load and verify the adaptive cache at ``directory`` (refusals as :func:`load_topk_cache`)."""
     fields = {"teacher": "teacher.fingerprint", "tokenizer": "tokenizer.fingerprint", "dataset": "dataset.fingerprint",
               "attention mask": "attention", "KL budget": "kl_budget", "k_min": "k_min", "k_max": "k_max",
               "vocabulary": "vocab", "block size": "dataset.block_size"}
-    built_for, shards, stats = _read_manifest(directory, "adaptive", fields)
-    _check_built_for(directory, built_for, {
+    built_for, shards, stats = store.read_manifest(directory, "adaptive", fields)
+    store.check_built_for(directory, built_for, {
         "teacher": teacher_fingerprint, "tokenizer": tokenizer_fingerprint, "dataset": dataset_fingerprint,
         "attention mask": attention_fingerprint, "KL budget": kl_budget, "k_min": k_min, "k_max": k_max, "vocabulary": vocab})
-    parts = _read_shards(directory, shards, ("logprobs", "indices", "tail", "offsets"))
+    parts = store.read_shards(directory, shards, ("logprobs", "indices", "tail", "offsets"))
     positions = int(built_for["block size"]) - 1
     # Offsets are local to each shard: shift them by the entries of the shards before.
     offsets, base = [torch.zeros(1, dtype=torch.int64)], 0
@@ -390,7 +264,7 @@ def load_adaptive_cache(
         consistent = (local.numel() == tail.numel() + 1 and tail.numel() % max(positions, 1) == 0
                       and int(local[0]) == 0 and int(local[-1]) == values.numel() and bool((local[1:] > local[:-1]).all()))
         if not consistent:
-            raise CacheError(f"Shard {name} of the top-k cache {directory} has inconsistent offsets: {_fix(directory)}.")
+            raise CacheError(f"Shard {name} of the teacher cache {directory} has inconsistent offsets: {store.fix_hint(directory)}.")
         offsets.append(local[1:] + base)
         base += values.numel()
     ragged = RaggedTeacher(logprobs=torch.cat(parts["logprobs"]), indices=torch.cat(parts["indices"]),
@@ -422,7 +296,7 @@ def open_or_build_topk_cache(
                          k=k, tail=tail, vocab=vocab, dtype=dtype, attention_mask=attention_mask)
     signals = load_topk_cache(directory, teacher_fingerprint=teacher_fp, dataset_fingerprint=dataset_fingerprint,
                               tokenizer_fingerprint=tokenizer_fingerprint, k=k, tail=tail, vocab=vocab, dtype=dtype,
-                              attention_fingerprint=attention_fingerprint(attention_mask))
+                              attention_fingerprint=store.attention_fingerprint(attention_mask))
     return signals, directory, built
 
 
@@ -448,7 +322,7 @@ def open_or_build_adaptive_cache(
                              kl_budget=kl_budget, k_min=k_min, k_max=k_max, vocab=vocab, attention_mask=attention_mask)
     signals = load_adaptive_cache(directory, teacher_fingerprint=teacher_fp, dataset_fingerprint=dataset_fingerprint,
                                   tokenizer_fingerprint=tokenizer_fingerprint, kl_budget=kl_budget, k_min=k_min, k_max=k_max,
-                                  vocab=vocab, attention_fingerprint=attention_fingerprint(attention_mask))
+                                  vocab=vocab, attention_fingerprint=store.attention_fingerprint(attention_mask))
     return signals, directory, built
 
 
@@ -463,7 +337,7 @@ def open_signals(
 
     ids = datamodule.split("train")[0]
     common = dict(dataset_fingerprint=datamodule.fingerprint("train"), tokenizer_fingerprint=tokenizer_fingerprint(datamodule.tokenizer),
-                  vocab=vocab, attention_mask=split_attention_mask(datamodule, "train"))
+                  vocab=vocab, attention_mask=store.split_attention_mask(datamodule, "train"))
     if topk == "adaptive":
         k_max = vocab if k_max is None else k_max
         signals, directory, built = open_or_build_adaptive_cache(Path(root), teacher, ids, kl_budget=kl_budget, k_min=k_min, k_max=k_max, **common)

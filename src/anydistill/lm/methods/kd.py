@@ -16,6 +16,7 @@ from anydistill.core.teacher import Teacher
 from anydistill.lm.common import causal_logits, lm_data_problems, lm_validation_step, prepare, step_loss, targets_and_mask, teacher_logits
 from anydistill.lm.fused_head import fused_kd_ce_loss
 from anydistill.lm.head import Head, choose_fused, last_hidden, lm_head, teacher_hidden
+from anydistill.lm.hidden_cache import HiddenSignals, open_hidden_signals
 from anydistill.lm.token_losses import token_ce_loss, token_distill_loss
 from anydistill.lm.topk import SparseTeacher
 from anydistill.lm.topk_cache import open_signals, signal_problems
@@ -66,7 +67,11 @@ class LMKD(DistillationMethod):
             top-k is renormalised.
         cache_dtype: storage of the cached log-probabilities (float16 halves the bytes; its rounding
             changes KL(full || reconstructed) by about 1e-6 nats/token).
-        cache_dir: root directory of top-k caches (one sub-directory per teacher/data/k).
+        cache_dir: root directory of teacher caches (one sub-directory per teacher/data/setting).
+        hidden_cache: cache the teacher's last hidden states (and its head) instead of top-k
+            log-probabilities: exact over the whole vocabulary at ``2 * H`` bytes per token, the
+            teacher's logits formed chunk by chunk at training time (`lm.hidden_cache`).
+        hidden_dtype: storage of the cached hidden states.
         fused_head: compute the loss from hidden states and head weights, chunk by chunk.
         head_chunk_tokens: tokens whose logits exist at once on the fused path (memory ~15 x this x V floats).
     """
@@ -95,6 +100,8 @@ class LMKD(DistillationMethod):
         topk_tail: bool = True,
         cache_dtype: Literal["float16", "float32"] = "float16",
         cache_dir: str = ".anydistill-cache/lm-topk",
+        hidden_cache: bool = False,
+        hidden_dtype: Literal["float16", "bfloat16"] = "float16",
         fused_head: bool = True,
         head_chunk_tokens: PositiveInt = 256,
     ):
@@ -103,8 +110,9 @@ class LMKD(DistillationMethod):
         self.alpha, self.scale_by_t2 = alpha, scale_by_t2
         self.topk, self.topk_tail, self.cache_dtype, self.cache_dir = topk, topk_tail, cache_dtype, cache_dir
         self.kl_budget, self.k_min, self.k_max = kl_budget, k_min, k_max
+        self.hidden_cache, self.hidden_dtype = hidden_cache, hidden_dtype
         self.fused_head, self.head_chunk_tokens = fused_head, head_chunk_tokens
-        self.signals = None  # the top-k cache, loaded in setup
+        self.signals = None  # the teacher cache (top-k, adaptive or hidden), loaded in setup
         self.fused, self.teacher_head = False, None  # decided in setup
 
     def setup(self, stage: str) -> None:
@@ -113,6 +121,9 @@ class LMKD(DistillationMethod):
             self.signals = open_signals("lm-kd", self.teacher, self.trainer.datamodule, vocab=self.vocab, root=self.cache_dir,
                                         topk=self.topk, tail=self.topk_tail, dtype=self.cache_dtype, kl_budget=self.kl_budget,
                                         k_min=self.k_min, k_max=self.k_max)
+        if self.hidden_cache and self.signals is None:
+            self.signals = open_hidden_signals("lm-kd", self.teacher, self.trainer.datamodule, vocab=self.vocab,
+                                               root=self.cache_dir, dtype=self.hidden_dtype)
         online = {"teacher": self.teacher.model} if self.signals is None else {}
         self.fused, why_not = choose_fused(self.fused_head, {"student": self.student, **online}, self.vocab,
                                            type(self.trainer.strategy).__name__ if self.trainer is not None else "")
@@ -120,10 +131,19 @@ class LMKD(DistillationMethod):
             log.info("lm-kd: fused LM-head loss off, full logits instead (%s)", why_not)
         if self.fused and online:
             self.teacher_head = lm_head(self.teacher.model, self.vocab)
+        elif isinstance(self.signals, HiddenSignals):
+            self.teacher_head = self.signals.head
 
     def teacher_signal(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | SparseTeacher:
-        """The batch's rows of the top-k cache, or from the online teacher its hidden states
-        [B, L-1, Ht] (fused path) or logits [B, L-1, V]."""
+        """The batch's rows of the top-k cache, or the teacher's hidden states [B, L-1, Ht] (cached
+        or online, fused path) or logits [B, L-1, V] (online or from the cached hidden states)."""
+        if isinstance(self.signals, HiddenSignals):
+            hidden = self.signals.rows(batch["index"], device=batch["input_ids"].device)
+            if self.fused:
+                return hidden
+            head = self.signals.head
+            with torch.no_grad():
+                return torch.nn.functional.linear(hidden, head.weight.to(hidden.device), None if head.bias is None else head.bias.to(hidden.device))
         if self.signals is not None:
             return self.signals.rows(batch["index"], device=batch["input_ids"].device)
         if self.fused:
@@ -172,4 +192,6 @@ class LMKD(DistillationMethod):
         vocab = min(output_width(m) for m in (self.student, teacher) if m is not None)
         if not problems:
             problems += signal_problems("lm-kd", self.topk, vocab, self.kl_budget, self.k_min, self.k_max)
+        if self.hidden_cache and self.topk is not None:
+            problems.append("lm-kd caches either the teacher's top-k ('topk') or its hidden states ('hidden_cache: true'), not both: remove one.")
         return problems
