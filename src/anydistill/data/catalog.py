@@ -18,6 +18,8 @@ DATA = {
     "points": "anydistill.data.generation_files:PointsData",
     "shakespeare": "anydistill.data.shakespeare:ShakespeareData",
     "lm-dataset": "anydistill.data.lm_dataset:LMDataset",
+    "shakespeare-paired": "anydistill.data.paired_text:PairedShakespeareData",
+    "lm-dataset-paired": "anydistill.data.paired_text:PairedLMDataset",
     "csv": "anydistill.data.tabular:CSVData",
     "parquet": "anydistill.data.tabular:ParquetData",
     "image-folder": "anydistill.data.image_folder:ImageFolderData",

@@ -7,5 +7,8 @@ METHODS = {
     "lm-kd": "anydistill.lm.methods.kd:LMKD",
     "gkd": "anydistill.lm.methods.gkd:GKD",
     "seq-kd": "anydistill.lm.methods.seq_kd:SeqKD",
+    "uld": "anydistill.lm.methods.uld:ULD",
+    "gold": "anydistill.lm.methods.gold:GOLD",
+    "minillm": "anydistill.lm.methods.minillm:MiniLLM",
 }
 EVALUATOR = "anydistill.lm.evaluate:LMEvaluator"

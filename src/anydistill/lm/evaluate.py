@@ -52,12 +52,23 @@ def held_out_kl(teacher: nn.Module, student: nn.Module, input_ids: torch.Tensor,
     return total / max(count, 1)
 
 
+def completion_characters(tokenizer: Any, input_ids: torch.Tensor, completion_mask: torch.Tensor) -> int:
+    """Characters of the scored completion text of blocks ``input_ids`` [N, L] (the tokens at
+    positions >= 1 under ``completion_mask``), decoded span by span: the tokenizer-free denominator
+    of ``nll_per_char`` (a char and a BPE tokenizer give the same count for the same text)."""
+    mask = completion_mask.clone()
+    mask[:, 0] = False
+    return sum(len(tokenizer.decode(ids[row_mask].tolist(), skip_special_tokens=True)) for ids, row_mask in zip(input_ids, mask))
+
+
 class LMEvaluator(Evaluator):
     """Scores causal LMs on the data module's test split.
 
     Metrics of a row: ``nll`` (nats per completion token on the test texts) and ``perplexity``,
-    ``val_nll``, ``kl_teacher`` (KL(teacher || model) per token on the test texts; absent without a
-    teacher), ``greedy`` and ``sample`` (continuations of ``prompt``), ``gen_tokens_per_s``
+    ``nll_per_char`` (the same sum over the characters of the completion text: comparable across
+    tokenizers), ``val_nll``, ``kl_teacher`` (KL(teacher || model) per token on the test texts;
+    absent without a teacher, or when teacher and student tokenize differently: paired data, where
+    the teacher's own row is scored on the teacher's tokens), ``greedy`` and ``sample`` (continuations of ``prompt``), ``gen_tokens_per_s``
     (generation with the KV cache, batch 1), ``score_tokens_per_s`` (eval forward, batch 64),
     ``params``, ``threads``.
 
@@ -84,21 +95,30 @@ class LMEvaluator(Evaluator):
         super().__init__(data, student_spec, data_name)
         self.prompt, self.generate_tokens, self.temperature, self.seed = prompt, generate_tokens, temperature, seed
         data.setup()
-        self.tokenizer = data.tokenizer
-        self.test, self.val = data.split("test"), data.split("val")
+        # Paired data (uld, gold): one text, two tokenizers; the teacher is scored on its own tokens.
+        self.sides = {"student": (data.tokenizer, data.split("test"), data.split("val"))}
+        if hasattr(data, "teacher_split"):
+            self.sides["teacher"] = (data.teacher_tokenizer, data.teacher_split("test"), data.teacher_split("val"))
+        self.tokenizer, self.test, self.val = self.sides["student"]
+        self.characters = {side: completion_characters(tokenizer, *test) for side, (tokenizer, test, _) in self.sides.items()}
 
     def evaluate(self, model: nn.Module, teacher: Teacher | None, method: str) -> dict[str, Any]:
         model = model.cpu()
         was_training = model.training
         model.eval()
-        nll, score_speed = held_out_nll(model, *self.test)
-        val_nll, _ = held_out_nll(model, *self.val)
-        row: dict[str, Any] = {"nll": nll, "perplexity": math.exp(min(nll, 700)), "val_nll": val_nll}
-        if teacher is not None and teacher.model is not model:
-            vocab = check_vocab(model, teacher.model, self.tokenizer)
-            row["kl_teacher"] = held_out_kl(teacher.model.cpu(), model, *self.test, vocab=vocab)
-        prompt = encode(self.tokenizer, [self.prompt])[0][None]
-        special = {"eos_token_id": self.tokenizer.eos_token_id, "pad_token_id": self.tokenizer.pad_token_id}
+        is_teacher = teacher is not None and teacher.model is model
+        side = "teacher" if is_teacher and "teacher" in self.sides else "student"
+        tokenizer, test, val = self.sides[side]
+        nll, score_speed = held_out_nll(model, *test)
+        val_nll, _ = held_out_nll(model, *val)
+        tokens = int(test[1][:, 1:].sum())
+        row: dict[str, Any] = {"nll": nll, "perplexity": math.exp(min(nll, 700)), "nll_per_char": nll * tokens / max(self.characters[side], 1),
+                               "val_nll": val_nll}
+        if teacher is not None and not is_teacher and len(self.sides) == 1:
+            vocab = check_vocab(model, teacher.model, tokenizer)
+            row["kl_teacher"] = held_out_kl(teacher.model.cpu(), model, *test, vocab=vocab)
+        prompt = encode(tokenizer, [self.prompt])[0][None]
+        special = {"eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
         began = time.perf_counter()
         greedy, _ = generate(model, prompt, self.generate_tokens, do_sample=False, **special)
         seconds = time.perf_counter() - began
@@ -106,7 +126,7 @@ class LMEvaluator(Evaluator):
             torch.manual_seed(self.seed)
             sampled, _ = generate(model, prompt, self.generate_tokens, do_sample=True, temperature=self.temperature, **special)
         model.train(was_training)
-        decode = lambda ids: self.tokenizer.decode(ids[0, prompt.shape[1]:], skip_special_tokens=False)  # noqa: E731
+        decode = lambda ids: tokenizer.decode(ids[0, prompt.shape[1]:], skip_special_tokens=False)  # noqa: E731
         row.update({
             "greedy": decode(greedy), "sample": decode(sampled),
             "gen_tokens_per_s": self.generate_tokens / max(seconds, 1e-9), "score_tokens_per_s": score_speed,
@@ -137,6 +157,7 @@ class LMEvaluator(Evaluator):
             "test_completion_tokens": int(test_mask[:, 1:].sum()),
             "tokenizer_ids": len(self.tokenizer),
             "nll": "mean nats per completion token on the test texts (plays never seen in training)",
+            "nll_per_char": "the same NLL summed over the test completions, divided by their characters (comparable across tokenizers)",
             "kl_teacher": "mean KL(teacher || model) per completion token on the test texts, nats",
             "prompt": self.prompt,
             "generate_tokens": self.generate_tokens,

@@ -8,7 +8,8 @@ another tokenizer. Here the rule is explicit:
 * models of the same family (``config.model_type``) whose widths differ only by padding (both
   cover the tokenizer): both logits are sliced to the shared prefix ``[:V_shared]``, and a
   warning says so once;
-* anything else: one error line naming the options.
+* anything else: one error line naming the options (the cross-tokenizer methods ``uld`` and
+  ``gold`` among them, which never compare logits id by id).
 """
 
 from __future__ import annotations
@@ -42,9 +43,12 @@ def check_vocab(student: nn.Module, teacher: nn.Module | None, tokenizer) -> int
     for role, model in roles:
         width = output_width(model)
         if width < size:
+            # A teacher trained with another tokenizer is the cross-tokenizer methods' case: say so.
+            other = (" (a teacher with its own tokenizer: method 'uld' or 'gold' with paired data, data.teacher_tokenizer)"
+                     if role == "teacher" else "")
             raise ValueError(
                 f"The {role}'s vocabulary ({width} logits) is smaller than the tokenizer's {size} ids: "
-                f"set {role}.vocab_size >= {size} in the recipe, or use the tokenizer the {role} was trained with."
+                f"set {role}.vocab_size >= {size} in the recipe, or use the tokenizer the {role} was trained with{other}."
             )
         config = model.config
         for name, want in (("eos_token_id", tokenizer.eos_token_id), ("pad_token_id", tokenizer.pad_token_id)):
@@ -63,8 +67,9 @@ def check_vocab(student: nn.Module, teacher: nn.Module | None, tokenizer) -> int
     if not same_family:
         raise ValueError(
             f"The student ({student.config.model_type}, {v_student} logits) and the teacher ({teacher.config.model_type}, "
-            f"{v_teacher} logits) have different vocabularies: give both the same vocab_size and tokenizer, or use models "
-            "of one family whose vocabularies differ only by padding (cross-tokenizer distillation is not supported)."
+            f"{v_teacher} logits) have different vocabularies: give both the same vocab_size and tokenizer, use models "
+            "of one family whose vocabularies differ only by padding, or, for a teacher with its own tokenizer, a cross-tokenizer "
+            "method ('uld' or 'gold') with paired data (data.name: shakespeare-paired or lm-dataset-paired, data.teacher_tokenizer)."
         )
     shared = min(v_student, v_teacher)
     warnings.warn(
