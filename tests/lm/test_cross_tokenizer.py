@@ -321,6 +321,11 @@ def test_a_paired_run_scores_the_teacher_on_its_own_tokens(tmp_path) -> None:
                                              "evaluation.generate_tokens=4"])
     metrics = run_recipe(recipe, RunDir.create(tmp_path / "runs", "paired"))
     teacher, student = metrics["teacher"], metrics["uld"]
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    exported = tmp_path / "runs" / "paired" / "checkpoints" / "uld"
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(exported), AutoTokenizer.from_pretrained(exported)
+    assert model.config.vocab_size == 4096 and len(tokenizer) > 96  # the student's own BPE, not the char teacher's
     assert "kl_teacher" not in student
     for row in (teacher, student):
         assert row["nll_per_char"] > 0 and row["nll"] > 0
