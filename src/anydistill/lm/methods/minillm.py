@@ -19,6 +19,7 @@ from anydistill.lm.policy_gradient import (
     importance_weights, ppo_surrogate, returns, single_step_rkl, token_logprobs, token_rewards, whiten,
 )
 from anydistill.lm.token_losses import token_ce_loss, token_distill_loss
+from anydistill.lm.vocab import output_width
 
 # PPO's epsilon: 1 - epsilon must stay a positive lower bound on the ratio.
 ClipRange = Annotated[float, Field(gt=0, lt=1)]
@@ -151,8 +152,10 @@ class MiniLLM(DistillationMethod):
         """``(input_ids [B, L], completion_mask [B, L])``: the prompts continued by samples of the
         teacher-mixed policy (the student's own with ``teacher_mixed_alpha = 0``)."""
         options = {"temperature": self.temperature, "eos_token_id": self.eos_id, "pad_token_id": self.pad_id}
-        if self.teacher_mixed_alpha == 0:
+        if self.teacher_mixed_alpha == 0 and output_width(self.student) == self.vocab:
             return generate(self.student, prompts, self.new_tokens, do_sample=True, **options)
+        # A student wider than the shared vocabulary (padding) must not sample ids the teacher lacks:
+        # the mixed sampler draws from the first `vocab` logits only (the same tokens as `generate` otherwise).
         return sample_mixed(self.student, self.teacher.model, prompts, self.new_tokens, alpha=self.teacher_mixed_alpha,
                             vocab=self.vocab, **options)
 
