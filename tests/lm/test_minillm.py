@@ -244,6 +244,27 @@ def test_tiny_fit_runs_every_ppo_update_and_leaves_the_teacher_alone() -> None:
     assert all(math.isfinite(v) for v in metrics.values())
 
 
+def test_a_student_head_wider_than_the_shared_vocabulary_samples_only_shared_ids() -> None:
+    """teacher_mixed_alpha = 0 with a padded student head (128 logits, teacher 96): the rollouts come
+    from the shared 96 ids only. The student's own `generate` drew from all 128 (an untrained head
+    puts ~1/4 of its mass there), which the teacher cannot embed (IndexError)."""
+    method = MiniLLM(tiny_lm(0, vocab=128), tiny_teacher(), OptimizerSpec(name="adamw", lr=3e-3, schedule="constant"),
+                     teacher_mixed_alpha=0.0, ppo_epochs=1, ppo_minibatches=2)
+    sampled = []
+    rollouts = method.rollouts
+
+    def recording(prompts):
+        sampled.append(rollouts(prompts))
+        return sampled[-1]
+
+    method.rollouts = recording
+    with pytest.warns(UserWarning, match="differ only by padding"):
+        trainer = fit(method, tiny_data(), steps=4)
+    ids, mask = torch.cat([i for i, _ in sampled]), torch.cat([m for _, m in sampled])
+    assert trainer.global_step == 4 and method.vocab == 96
+    assert int(ids.max()) < 96 and int(mask.sum()) > 0
+
+
 def test_teacher_mixed_fit_with_max_steps_counts_updates() -> None:
     method = MiniLLM(tiny_lm(0), tiny_teacher(), OptimizerSpec(name="adamw", lr=3e-3, schedule="cosine"),
                      ppo_epochs=2, ppo_minibatches=2)
