@@ -20,7 +20,7 @@ from anydistill.data.paired_text import (
     TokenizerPair,
 )
 from anydistill.data.shakespeare import ShakespeareData
-from anydistill.data.token_bytes import spans_from_ids, token_bytes
+from anydistill.data.token_bytes import spans_from_ids, text_bytes, token_bytes
 from anydistill.data.tokenizers import bpe_tokenizer, char_tokenizer
 from anydistill.lm.cross_tokenizer import (
     alignment_groups,
@@ -210,6 +210,47 @@ def test_sampled_ids_are_carried_to_the_teacher_as_text(tokenizers) -> None:
         assert spans == spans_from_ids(row, token_bytes(pair.student)) and teacher_spans[-1][1] == len(text.encode())
 
 
+def groups_cover_the_same_text(pair: TokenizerPair, ids: list[int], spans, other_ids: list[int], other_spans) -> None:
+    k_s, k_t = shared_prefix(spans, other_spans)
+    groups = alignment_groups(spans[:k_s], other_spans[:k_t])
+    for g_s, g_t in zip(*groups):
+        assert b"".join(pair.student_own[ids[i]] for i in g_s) == b"".join(pair.teacher_own[other_ids[j]] for j in g_t)
+    return groups
+
+
+def test_a_character_the_teacher_cannot_encode_ends_the_carried_text(tokenizers) -> None:
+    """The character teacher has no unknown token: its tokenizer drops '~' (absent from TEXT) and
+    misplaces the offsets of every later token. The row is carried up to the token before it, and
+    every aligned group covers the same bytes on both sides."""
+    pair = TokenizerPair(*tokenizers)
+    assert pair.cannot_read("~", "teacher") and not pair.cannot_read("R", "teacher") and not pair.cannot_read(" ", "teacher")
+    ids = pair.student("It is the east, ~ and Juliet is the sun.", add_special_tokens=False)["input_ids"]
+    s_spans, t_ids, t_spans = pair.carry([ids], "student")
+    assert pair.teacher.decode(t_ids[0]) == "It is the east, "
+    groups = groups_cover_the_same_text(pair, ids, s_spans[0], t_ids[0], t_spans[0])
+    assert sum(len(g) for g in groups[1]) == len(t_ids[0])  # every teacher token is aligned
+    # The student's <eos> reads as the teacher's <eos> (a special token), which is never cut.
+    eos = pair.student.eos_token_id
+    _, t_ids, t_spans = pair.carry([ids[:3] + [eos]], "student")
+    assert t_ids[0][-1] == pair.teacher.eos_token_id and t_spans[0][-1][1] == len(pair.text(ids[:3] + [eos], "student").encode())
+
+
+def test_bytes_that_are_not_utf8_end_the_carried_text(tokenizers) -> None:
+    """A byte-level sample may hold half a character: the row is carried up to the last whole
+    character before it (its bytes, so the spans of both sides stay in one byte stream)."""
+    student, teacher = bpe_tokenizer([TEXT], 258), tokenizers[1]  # bytes only: 'é' is two ids
+    pair = TokenizerPair(student, teacher)
+    words = student("Café vu", add_special_tokens=False)["input_ids"]
+    e_acute = student("é", add_special_tokens=False)["input_ids"]
+    assert len(e_acute) == 2
+    lone = words[:3] + e_acute[:1] + words[5:]  # "Caf" + a lead byte with no continuation + " vu"
+    ends = words[:3] + e_acute[:1]  # cut inside the character at the end
+    s_spans, t_ids, t_spans = pair.carry([lone, ends, words], "student")
+    assert [pair.teacher.decode(t) for t in t_ids] == ["Caf", "Caf", "Café vu"]
+    for ids, spans, other_ids, other_spans in zip((lone, ends, words), s_spans, t_ids, t_spans):
+        groups_cover_the_same_text(pair, ids, spans, other_ids, other_spans)
+
+
 def test_a_slow_tokenizer_is_refused_naming_use_fast(tokenizers) -> None:
     slow = SimpleNamespace(is_fast=False)  # what a Python (slow) tokenizer reports; it has no offset mapping
     with pytest.raises(ValueError, match="use_fast=True") as error:
@@ -256,6 +297,47 @@ def test_a_tiny_fit_trains_the_student_only(paired_files, tokenizers, method, op
     fit(method(student, teacher, **options), data, steps=3)
     assert any(not torch.equal(before_s[k], v) for k, v in student.state_dict().items())
     assert all(torch.equal(before_t[k], v) for k, v in teacher.model.state_dict().items())
+
+
+def test_gold_seq_kd_without_distillation_is_ce_on_the_teachers_carried_samples(paired_files, tokenizers, monkeypatch) -> None:
+    """``lmbda 0, seq_kd, distillation_weight 0, crossentropy_weight 1`` (the cross-tokenizer seq-kd
+    row of benchmarks/lm_cross_tokenizer.py): the step's gradient is exactly that of the student's
+    CE on the teacher's samples carried to its tokens, and those read as the teacher's text."""
+    import copy
+
+    import lightning as L
+
+    from anydistill.lm.paired import logits_of
+    from anydistill.lm.token_losses import token_ce_loss
+
+    data = paired_lm_data(paired_files)
+    student, teacher = lm(len(tokenizers[0]), 0), Teacher(lm(len(tokenizers[1]) + 10, 1, positions=128))
+    initial, seen, grads = copy.deepcopy(student), {}, {}
+    original = GOLD.sides
+
+    def sides(self, batch):
+        found = original(self, batch)
+        seen.update(zip(("student", "teacher", "source"), found))
+        return found
+
+    class Gradients(L.Callback):
+        def on_before_optimizer_step(self, trainer, module, optimizer) -> None:
+            grads.update({name: p.grad.clone() for name, p in module.student.named_parameters()})
+
+    monkeypatch.setattr(GOLD, "sides", sides)
+    torch.manual_seed(0)
+    method = GOLD(student, teacher, lmbda=0.0, seq_kd=True, distillation_weight=0.0, crossentropy_weight=1.0, temperature=1.0, top_p=1.0)
+    fit(method, data, steps=1, callbacks=[Gradients()])
+    side, other = seen["student"], seen["teacher"]
+    assert seen["source"] == "teacher"
+    for b in range(side.ids.shape[0]):  # the student's completion is the teacher's sample, as text (cut to the student's block)
+        theirs = text_bytes(other.ids[b][other.region[b]].tolist(), data.pair.teacher_own)  # ids past the tokenizer read as nothing
+        mine = text_bytes(side.ids[b][side.region[b]].tolist(), data.pair.student_own)
+        assert theirs.startswith(mine) and len(mine) > 0
+    ce_sum, count = token_ce_loss(logits_of(initial, side.ids, side.attention), side.ids[:, 1:], side.counts[:, 1:])
+    (ce_sum / count).backward()
+    for name, parameter in initial.named_parameters():
+        torch.testing.assert_close(grads[name], parameter.grad, rtol=1e-5, atol=1e-7)
 
 
 def test_bad_inputs_are_one_line_each(paired_files, tokenizers) -> None:
@@ -333,3 +415,22 @@ def test_a_paired_run_scores_the_teacher_on_its_own_tokens(tmp_path) -> None:
     # character teacher's two figures are equal but for the <eos> tokens (no characters).
     assert student["nll"] > student["nll_per_char"]
     assert teacher["nll_per_char"] == pytest.approx(teacher["nll"], rel=0.1)
+
+
+def test_logits_past_the_tokenizer_are_never_sampled_nor_distilled(tokenizers) -> None:
+    """A char model with 96 logits for fewer ids: the padded rows stand for no text, so sampling
+    never draws them and the cross-tokenizer losses leave them out (`paired.text_widths`)."""
+    from types import SimpleNamespace
+
+    from anydistill.lm.paired import sample, text_widths
+
+    student_tok, teacher_tok = tokenizers
+    model = lm(96, 0)
+    with torch.no_grad():  # make the padded rows the most likely by far
+        model.get_output_embeddings().weight[len(teacher_tok):] = 5.0 * model.transformer.wte.weight[: 96 - len(teacher_tok)].sign()
+    prompts = torch.full((4, 3), 5, dtype=torch.long)
+    rows = sample(model, prompts, torch.ones_like(prompts), 12, temperature=1.0, top_p=1.0, eos_token_id=1, pad_token_id=0,
+                  text_width=len(teacher_tok))
+    assert all(i < len(teacher_tok) for row in rows for i in row)
+    data = SimpleNamespace(tokenizer=student_tok, teacher_tokenizer=teacher_tok)
+    assert text_widths(lm(len(student_tok), 1), model, data) == (len(student_tok), len(teacher_tok))

@@ -6,8 +6,11 @@ unchanged, so the evaluator and the validation loss see what they always see. Ea
 and completion are turned back into text (the bytes of the student's tokens, `token_bytes`) and
 tokenised again by the teacher's tokenizer, prompt and completion apart, so that the completion
 starts at a token boundary on both sides. The student's ``<eos>`` reads as the teacher's, so the
-teacher sees its own end-of-sequence token. As in TRL's GOLD, conversational rows are rendered once,
-with the student's chat template, and the teacher tokenises that text.
+teacher sees its own end-of-sequence token. A completion is carried only as far as the other
+tokenizer reads it exactly (`TokenizerPair.readable`: up to bytes that are not UTF-8 or a character
+it has no id for), so the two sides' byte spans always describe the same text. As in TRL's GOLD,
+conversational rows are rendered once, with the student's chat template, and the teacher
+tokenises that text.
 
 A training batch holds the base keys (``input_ids``, ``attention_mask``, ``completion_mask``,
 ``index``) and:
@@ -30,6 +33,7 @@ tokenizer's ids the same way (on-policy: the student's samples for the teacher).
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -94,15 +98,75 @@ class TokenizerPair:
         self.teacher_bytes = token_bytes(self.teacher, eos_text=self.student.eos_token)
         self.student_own, self.teacher_own = token_bytes(self.student), token_bytes(self.teacher)
         self.teacher_prefix = special_prefix(self.teacher)
+        self.unreadable: dict[str, dict[str, bool]] = {"student": {}, "teacher": {}}
+        self.specials = {"student": self.special_split(self.student), "teacher": self.special_split(self.teacher)}
 
     def text(self, ids: list[int], side: Literal["student", "teacher"]) -> str:
         """The text of ``ids`` of one side, read by the other (undecodable bytes become U+FFFD)."""
         table = self.student_bytes if side == "student" else self.teacher_bytes
         return text_bytes(ids, table).decode("utf-8", "replace")
 
+    def cannot_read(self, character: str, reader: Literal["student", "teacher"]) -> bool:
+        """Whether ``reader``'s tokenizer encodes ``character`` (not whitespace, which some tokenizers
+        drop by design with correct offsets) to no id at all: a tokenizer without an unknown token,
+        such as `char_tokenizer`, drops it silently and misplaces the offsets of every later token."""
+        known = self.unreadable[reader]
+        if character not in known:
+            tokenizer = self.student if reader == "student" else self.teacher
+            known[character] = not character.isspace() and not tokenizer(character, add_special_tokens=False)["input_ids"]
+        return known[character]
+
+    @staticmethod
+    def special_split(tokenizer) -> re.Pattern:
+        """A pattern whose ``split`` puts ``tokenizer``'s special tokens (``<eos>``, ``<pad>``, ...) at the odd pieces."""
+        specials = sorted({t.content for t in tokenizer.added_tokens_decoder.values() if t.content}, key=len, reverse=True)
+        return re.compile("(" + "|".join(map(re.escape, specials)) + ")") if specials else re.compile("(?!)")
+
+    def readable(self, ids: list[int], side: Literal["student", "teacher"]) -> str:
+        """The text of ``ids`` of one side as far as the other side can read it exactly: up to the end
+        of the last token before the first byte that is not valid UTF-8 (a byte-level sample may stop
+        or wander inside a character) or the first character the other tokenizer cannot encode
+        (`cannot_read`; the other side's special tokens, such as ``<eos>``, always read). The text is
+        the prefix of the ids' bytes, so their spans (`spans_from_ids`) and the other side's spans of
+        it are in the same bytes; the tokens past it have no counterpart, and the methods compare only
+        the text both sides cover."""
+        table = self.student_bytes if side == "student" else self.teacher_bytes
+        reader = "teacher" if side == "student" else "student"
+        data = text_bytes(ids, table)
+        try:
+            text, bad = data.decode("utf-8"), len(data)
+        except UnicodeDecodeError as error:
+            bad = error.start
+            text = data[:bad].decode("utf-8")
+        offset = 0  # bytes of text before the current piece
+        for k, piece in enumerate(self.specials[reader].split(text)):
+            if k % 2 == 0:  # text between the other side's special tokens (odd pieces), which always read
+                unreadable = [ch for ch in set(piece) if self.cannot_read(ch, reader)]
+                if unreadable:
+                    first = min(piece.index(ch) for ch in unreadable)
+                    bad = min(bad, offset + len(piece[:first].encode()))
+                    break
+            offset += len(piece.encode())
+        if bad == len(data):
+            return text
+        end, cut = 0, 0  # the last token boundary at or before the first bad byte that ends a whole character
+        for index in ids:
+            end += len(table[index]) if index < len(table) else 0
+            if end > bad:
+                break
+            try:
+                data[:end].decode("utf-8")
+                cut = end
+            except UnicodeDecodeError:
+                pass
+        return data[:cut].decode("utf-8")
+
     def carry(self, rows: list[list[int]], side: Literal["student", "teacher"]
               ) -> tuple[list[list[tuple[int, int]]], list[list[int]], list[list[tuple[int, int]]]]:
         """Completions ``rows`` of ``side`` (ids) carried to the other tokenizer.
+
+        The other tokenizer reads the `readable` text of each row: a row is carried up to its first
+        byte that is not UTF-8 or its first character the other tokenizer cannot encode.
 
         Returns:
             ``(spans, other_ids, other_spans)``: the byte spans of the given ids in their text, the
@@ -110,7 +174,7 @@ class TokenizerPair:
         """
         table = self.student_bytes if side == "student" else self.teacher_bytes
         other, other_own = (self.teacher, self.teacher_own) if side == "student" else (self.student, self.student_own)
-        texts = [self.text(ids, side) for ids in rows]
+        texts = [self.readable(ids, side) for ids in rows]
         encoded = other(texts, add_special_tokens=False, return_offsets_mapping=True)
         other_spans = [spans_from_offsets(text, offsets, ids, other_own)
                        for text, offsets, ids in zip(texts, encoded["offset_mapping"], encoded["input_ids"])]

@@ -63,14 +63,17 @@ def teacher_logits_of(model: nn.Module, ids: Tensor, attention: Tensor) -> Tenso
 
 @torch.no_grad()
 def sample(model: nn.Module, prompts: Tensor, attention: Tensor, new_tokens: int, *, temperature: float, top_p: float,
-           eos_token_id: int, pad_token_id: int) -> list[list[int]]:
+           eos_token_id: int, pad_token_id: int, text_width: int | None = None) -> list[list[int]]:
     """Sample ``new_tokens`` tokens after each (left-padded) prompt [B, P]; the completions' ids,
-    each cut after its first ``<eos>`` (kept). Draws from the global torch RNG (``top_k = 0``)."""
+    each cut after its first ``<eos>`` (kept). Draws from the global torch RNG (``top_k = 0``).
+    Ids from ``text_width`` on (a head padded past its tokenizer: `text_widths`) are never drawn."""
     was_training = model.training
     model.eval()
+    width = output_width(model)
+    suppress = list(range(text_width, width)) if text_width is not None and text_width < width else None
     out = model.generate(input_ids=prompts, attention_mask=attention, max_new_tokens=new_tokens, min_new_tokens=0, do_sample=True,
                          temperature=temperature, top_k=0, top_p=top_p, use_cache=True, eos_token_id=eos_token_id,
-                         pad_token_id=pad_token_id)
+                         pad_token_id=pad_token_id, suppress_tokens=suppress)
     model.train(was_training)
     rows = []
     for row in out[:, prompts.shape[1] :].tolist():
@@ -142,3 +145,11 @@ def prepare_paired(method: DistillationMethod) -> Any:
     if problems:
         raise RecipeError(problems)
     return datamodule
+
+
+def text_widths(student: nn.Module, teacher: nn.Module, data: Any) -> tuple[int, int]:
+    """``(student, teacher)`` logits that stand for text: each model's first ``len(tokenizer)``
+    logits. A head padded past its tokenizer (a char model with 96 logits for 86 ids) has rows that
+    decode to nothing; the cross-tokenizer losses leave them out, or the sorted-L1 term would match
+    them against the other side's real tokens and push the model's mass onto them."""
+    return min(output_width(student), len(data.tokenizer)), min(output_width(teacher), len(data.teacher_tokenizer))

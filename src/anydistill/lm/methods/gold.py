@@ -37,9 +37,9 @@ from anydistill.lm.paired import (
     student_side,
     teacher_logits_of,
     teacher_side,
+    text_widths,
 )
 from anydistill.lm.token_losses import token_ce_loss
-from anydistill.lm.vocab import output_width
 
 NucleusP = Annotated[float, Field(gt=0, le=1)]
 
@@ -117,6 +117,7 @@ class GOLD(DistillationMethod):
     def setup(self, stage: str) -> None:
         data = prepare_paired(self)
         self.pair = data.pair
+        self.widths = text_widths(self.student, self.teacher.model, data)
         self.overlap = self.shared_vocabulary(data, self.teacher.model) if self.hybrid else None
         self.prompt_tokens, self.block_size = data.prompt_tokens, data.block_size
         self.teacher_prompt_tokens = data.teacher_prompt_tokens["train"]
@@ -125,8 +126,9 @@ class GOLD(DistillationMethod):
         self.ids = {side: (tok.eos_token_id, tok.pad_token_id) for side, tok in (("student", data.tokenizer), ("teacher", data.teacher_tokenizer))}
 
     def shared_vocabulary(self, data: Any, teacher: nn.Module):
-        return vocab_overlap(data.tokenizer, data.teacher_tokenizer, student_width=output_width(self.student),
-                             teacher_width=output_width(teacher), match=self.vocab_match)
+        student_width, teacher_width = text_widths(self.student, teacher, data)
+        return vocab_overlap(data.tokenizer, data.teacher_tokenizer, student_width=student_width, teacher_width=teacher_width,
+                             match=self.vocab_match)
 
     # -- completions ------------------------------------------------------------------------------
 
@@ -143,13 +145,14 @@ class GOLD(DistillationMethod):
         t_prompt, t_attention = batch["teacher_input_ids"][:, :Pt], batch["teacher_attention_mask"][:, :Pt]
         if on_policy:
             s_rows = sample(self.student, s_prompt, s_attention, self.block_size - P, temperature=self.temperature,
-                            top_p=self.top_p, eos_token_id=s_eos, pad_token_id=s_pad)
+                            top_p=self.top_p, eos_token_id=s_eos, pad_token_id=s_pad, text_width=self.widths[0])
             s_spans, t_rows, t_spans = self.pair.carry(s_rows, "student")
             source = "student"
         else:
             model = self.teacher.model
             t_rows = sample(model, t_prompt.to(model.device), t_attention.to(model.device), self.teacher_new_tokens,
-                            temperature=self.temperature, top_p=self.top_p, eos_token_id=t_eos, pad_token_id=t_pad)
+                            temperature=self.temperature, top_p=self.top_p, eos_token_id=t_eos, pad_token_id=t_pad,
+                            text_width=self.widths[1])
             t_spans, s_rows, s_spans = self.pair.carry(t_rows, "teacher")
             source = "teacher"
         width = min(Pt + max((len(r) for r in t_rows), default=0), self.teacher_positions)
@@ -208,8 +211,8 @@ class GOLD(DistillationMethod):
         s_groups, t_groups = self.groups(student, teacher)
         size = student.ids.shape[0]
         if s_groups:
-            q = self.merged(logits, student.ids, s_groups)
-            p = self.merged(target, teacher.ids, t_groups).to(q.device)
+            q = self.merged(logits[..., : self.widths[0]], student.ids, s_groups)
+            p = self.merged(target[..., : self.widths[1]], teacher.ids, t_groups).to(q.device)
             if self.overlap is not None:
                 d, jsd, rest = hybrid_distance(q, p, self.overlap, beta=self.beta, matched_weight=self.matched_weight,
                                                unmatched_weight=self.unmatched_weight)

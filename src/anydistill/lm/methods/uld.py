@@ -21,6 +21,7 @@ from anydistill.lm.paired import (
     student_side,
     teacher_logits_of,
     teacher_side,
+    text_widths,
 )
 from anydistill.lm.token_losses import token_ce_loss
 
@@ -74,6 +75,7 @@ class ULD(DistillationMethod):
     def setup(self, stage: str) -> None:
         data = prepare_paired(self)
         self.student_eos, self.teacher_eos = data.tokenizer.eos_token_id, data.teacher_tokenizer.eos_token_id
+        self.widths = text_widths(self.student, self.teacher.model, data)
 
     def counted(self, side: Side, eos: int) -> torch.Tensor:
         """``[B, W-1]``: the rows of the logits that predict a counted completion token, without a
@@ -91,8 +93,8 @@ class ULD(DistillationMethod):
         s_mask, t_mask = self.counted(student, self.student_eos), self.counted(teacher, self.teacher_eos)
         # Align at the first completion token and cut to the shorter completion.
         n = torch.minimum(s_mask.sum(1), t_mask.to(s_mask.device).sum(1))
-        q = logits[first_n(s_mask, n)].float().softmax(-1)
-        p = target[first_n(t_mask, n.to(t_mask.device))].float().softmax(-1).to(q.device)
+        q = logits[first_n(s_mask, n)][:, : self.widths[0]].float().softmax(-1)
+        p = target[first_n(t_mask, n.to(t_mask.device))][:, : self.widths[1]].float().softmax(-1).to(q.device)
         d_sum, count = sorted_l1(q, p).sum(), q.shape[0]
         loss = step_loss(self, self.distillation_weight * d_sum, count)
         shown = self.distillation_weight * d_sum.detach() / max(count, 1)
