@@ -227,7 +227,7 @@ def report(results: dict, references: dict, seeds, command: str, prompts: int, s
         "distinct-n over all generated texts. Reference rows: the teacher's own samples and the real test continuations.",
         "",
         header,
-        "|---|---:|---:|" + "---:|" * (len(KEYS) - 1),
+        "|---|---:|---:|" + "---:|" * len(KEYS),
         *rows,
         "",
         "Claim (fixed before running): MiniLLM's samples get a lower teacher NLL than lm-kd fkl's by > 2 std and their "
