@@ -35,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-STEPS, WARMUP, REPEATS, BATCH, PROMPT, BLOCK, THREADS = 30, 5, 5, 32, 16, 64, 2
+STEPS, WARMUP, REPEATS, BATCH, PROMPT, BLOCK, THREADS = 30, 5, 3, 32, 16, 64, 2
 CONFIGS = ("trl-off", "ours-off", "bare-off", "ours-cache", "trl-on", "ours-on", "trl-off-malloc")
 # glibc malloc settings that stop it from returning large freed buffers to the OS (and faulting them
 # in again on the next step); the control row "trl-off-malloc" runs TRL with them.

@@ -125,7 +125,7 @@ import tempfile
 import time
 from pathlib import Path
 
-STEPS, WARMUP, REPEATS, THREADS = 30, 5, 5, 2
+STEPS, WARMUP, REPEATS, THREADS = 30, 5, 3, 2
 BATCH, PROMPT, COMPLETION, LR = 32, 8, 32, 3e-3  # COMPLETION: student tokens with the <eos> (= max_completion_length)
 BETA, TEMPERATURE, TOP_P = 0.5, 0.9, 0.95
 PARITY_ROWS = 8

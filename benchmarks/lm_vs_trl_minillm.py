@@ -86,7 +86,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROUNDS, WARMUP, REPEATS, THREADS = 10, 2, 5, 2
+ROUNDS, WARMUP, REPEATS, THREADS = 10, 2, 3, 2
 ROLLOUTS, MINIBATCHES, PROMPT, BLOCK, LR = 32, 4, 16, 64, 3e-3
 # configuration -> PPO epochs per round (TRL's num_iterations); every round has MINIBATCHES minibatches per epoch.
 CONFIGS = {"trl": 1, "ours": 1, "trl-ppo4": 4, "ours-ppo4": 4, "ours-recipe": 4}
