@@ -22,7 +22,7 @@ trainer: {max_epochs: 1, progress_bar: false}
 optimizer: {name: sgd, lr: 0.5, momentum: 0.0, schedule: constant}
 evaluation: {generate_tokens: 4}
 methods:
-  lm-kd: {divergence: jsd, beta: 0.5, alpha: 0.7}
+  lm-kd: {divergence: jsd, beta: 0.5, alpha: 0.7, fused_head: true}   # the fused LM-head loss under DDP too
 """
 
 

@@ -119,10 +119,19 @@ def test_lm_kd_with_a_soft_capped_teacher_trains_on_full_logits() -> None:
     level = logger.level
     logger.setLevel(logging.INFO)
     try:
-        method = LMKD(tiny_lm(0), Teacher(soft_capped_lm(), name="capped"), SGD, alpha=0.5)
+        method = LMKD(tiny_lm(0), Teacher(soft_capped_lm(), name="capped"), SGD, alpha=0.5, fused_head=True)
         fit(method, tiny_data(), steps=1)
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
     assert not method.fused
     assert any("fused LM-head loss off" in m and "soft-cap" in m for m in messages), messages
+
+
+def test_auto_fuses_from_the_threshold_vocabulary_on() -> None:
+    from anydistill.lm.head import FUSED_MIN_VOCAB
+
+    assert choose_fused("auto", {"student": tiny_lm(0)}, 96) == (False, None)  # small logits: the full path is faster
+    assert choose_fused(True, {"student": tiny_lm(0)}, 96) == (True, None)
+    wide = tiny_lm(0, vocab=FUSED_MIN_VOCAB)
+    assert choose_fused("auto", {"student": wide}, FUSED_MIN_VOCAB) == (True, None)

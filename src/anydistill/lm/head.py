@@ -18,6 +18,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+# `fused_head: auto` fuses from this vocabulary on: below it the [B, L, V] logits are small and the
+# chunked path's per-chunk overhead costs throughput (at V = 96 the TRL comparison's online and
+# cached lm-kd steps ran slower fused than on full logits).
+FUSED_MIN_VOCAB = 4096
+
 # Relative agreement required between `hidden @ W.T + b` and the model's logits (fp32 rounding of
 # a different matmul order is ~1e-6; a soft-cap or a logit scale is orders of magnitude more).
 HEAD_TOLERANCE = 1e-4
@@ -91,10 +96,11 @@ def teacher_hidden(model: nn.Module, input_ids: Tensor, attention_mask: Tensor |
         return last_hidden(model, input_ids.to(model.device), mask)
 
 
-def choose_fused(wanted: bool, models: dict[str, nn.Module], vocab: int, strategy: str = "") -> tuple[bool, str | None]:
-    """``(use the fused path, why not)``: fused when ``wanted`` and every model in ``models``
-    (role -> model, e.g. the student and an online teacher) passes :func:`head_problem`."""
-    if not wanted:
+def choose_fused(wanted: bool | str, models: dict[str, nn.Module], vocab: int, strategy: str = "") -> tuple[bool, str | None]:
+    """``(use the fused path, why not)``: fused when ``wanted`` (True, or ``"auto"`` with
+    ``vocab >= FUSED_MIN_VOCAB``) and every model in ``models`` (role -> model, e.g. the student
+    and an online teacher) passes :func:`head_problem`."""
+    if not wanted or (wanted == "auto" and vocab < FUSED_MIN_VOCAB):
         return False, None
     for role, model in models.items():
         if (problem := head_problem(model, vocab, strategy=strategy)) is not None:

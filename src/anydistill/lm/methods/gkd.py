@@ -44,8 +44,9 @@ class GKD(DistillationMethod):
         beta: the teacher's weight in the JSD mixture.
         temperature: sampling temperature of the student's generations (not applied to the loss).
         fused_head: compute the loss from both models' last hidden states and LM heads, chunk by
-            chunk, so neither ``[B, L, V]`` logits tensor exists (as ``lm-kd``; a model whose logits
-            are not ``hidden @ head`` keeps the full-logit path and the log says why).
+            chunk, so neither ``[B, L, V]`` logits tensor exists (as ``lm-kd``: ``auto`` from
+            V = 4,096 on; a model whose logits are not ``hidden @ head`` keeps the full-logit path
+            and the log says why).
         head_chunk_tokens: tokens whose logits exist at once on the fused path.
         topk, kl_budget, k_min, k_max, topk_tail, cache_dtype, cache_dir: as in ``lm-kd``: batches
             that keep the data's completions (probability 1 - lmbda) read the teacher's cached
@@ -67,7 +68,7 @@ class GKD(DistillationMethod):
         lmbda: Fraction = 0.5,
         beta: Fraction = 0.5,
         temperature: PositiveFloat = 0.9,
-        fused_head: bool = True,
+        fused_head: bool | Literal["auto"] = "auto",
         head_chunk_tokens: PositiveInt = 256,
         topk: PositiveInt | Literal["adaptive"] | None = None,
         kl_budget: PositiveFloat = 1e-3,

@@ -42,7 +42,7 @@ class LMKD(DistillationMethod):
     into a cache of its top-k log-probabilities (+ tail bucket) on disk (`lm.topk_cache`), which
     later epochs and later runs read instead.
 
-    With ``fused_head`` (the default) the loss takes the student's last hidden states and LM head
+    With ``fused_head`` (``auto``, the default: from a vocabulary of 4,096 on) the loss takes the student's last hidden states and LM head
     and forms the logits ``head_chunk_tokens`` tokens at a time (`lm.fused_head`), as it does the
     online teacher's: neither model's ``[B, L, V]`` logits exist, the largest memory item of a
     step at real vocabularies. Same loss and gradients as the unfused path (to fp32 rounding); a
@@ -72,7 +72,8 @@ class LMKD(DistillationMethod):
             log-probabilities: exact over the whole vocabulary at ``2 * H`` bytes per token, the
             teacher's logits formed chunk by chunk at training time (`lm.hidden_cache`).
         hidden_dtype: storage of the cached hidden states.
-        fused_head: compute the loss from hidden states and head weights, chunk by chunk.
+        fused_head: compute the loss from hidden states and head weights, chunk by chunk: ``auto``
+            from V = 4,096 on (below, full logits are small and faster), ``true`` always, ``false`` never.
         head_chunk_tokens: tokens whose logits exist at once on the fused path (memory ~15 x this x V floats).
     """
 
@@ -102,7 +103,7 @@ class LMKD(DistillationMethod):
         cache_dir: str = ".anydistill-cache/lm-topk",
         hidden_cache: bool = False,
         hidden_dtype: Literal["float16", "bfloat16"] = "float16",
-        fused_head: bool = True,
+        fused_head: bool | Literal["auto"] = "auto",
         head_chunk_tokens: PositiveInt = 256,
     ):
         super().__init__(student, teacher, optimizer)
