@@ -103,7 +103,7 @@ def main() -> None:
         f"GPT-2 teacher 2L d256 and student 1L d128 (untied heads, as gpt2-lm builds them; random weights), batch {BATCH} x {BLOCK} tokens, "
         f"{STEPS} SGD steps per fresh child process, {os.environ.get('OMP_NUM_THREADS', '?')} thread(s); peak = the child's own "
         f"VmHWM after the steps (model weights included); step time = median of steps 2-{STEPS}; interleaved repeats "
-        f"({', '.join(f'{n} at V = {v:,}' for v, n in REPEATS.items())}), mean ± std (± 0 for a single repeat). lm-kd: jsd(0.5) with alpha 0.5 (KD + CE); gkd: lmbda 0 (dataset completions).",
+        f"({', '.join(f'{REPEATS[v]} at V = {v:,}' for v in args.vocabs)}), mean ± std (± 0 for a single repeat). lm-kd: jsd(0.5) with alpha 0.5 (KD + CE); gkd: lmbda 0 (dataset completions).",
         "",
         "| V | method | peak fused (MiB) | peak unfused (MiB) | peak fused / unfused | step fused / unfused |",
         "|---:|---|---:|---:|---:|---:|",
@@ -115,7 +115,9 @@ def main() -> None:
             speed = [a["step_seconds"] / b["step_seconds"] for a, b in zip(fused, unfused)]
             lines.append(f"| {vocab:,} | {method} | {fmt([r['peak_mib'] for r in fused])} | {fmt([r['peak_mib'] for r in unfused])} | "
                          f"{fmt(memory, 3)} | {fmt(speed, 3)} |")
-    lines += ["", "Run: `OMP_NUM_THREADS=1 .venv/bin/python benchmarks/lm_fused_methods.py`", ""]
+    run = "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/lm_fused_methods.py" + (
+        f" --vocabs {' '.join(map(str, args.vocabs))}" if args.vocabs != list(REPEATS) else "")
+    lines += ["", f"Run: `{run}`", ""]
     c.write_results("lm_fused_methods", {f"{v}-{m}-{'fused' if f else 'unfused'}": r for (v, m, f), r in runs.items()}, "\n".join(lines))
     print("\n".join(lines))
 
