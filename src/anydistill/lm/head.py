@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from anydistill.lm.common import frozen_pass
+
 # `fused_head: auto` fuses from this vocabulary on: below it the [B, L, V] logits are small and the
 # chunked path's per-chunk overhead costs throughput (at V = 96 the TRL comparison's online and
 # cached lm-kd steps ran slower fused than on full logits).
@@ -88,12 +90,8 @@ def head_problem(model: nn.Module, vocab: int, *, strategy: str = "") -> str | N
 
 def teacher_hidden(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None) -> Tensor:
     """The frozen teacher's head inputs ``[B, L-1, Ht]`` (one trunk forward, no graph), the fused
-    counterpart of `lm.common.teacher_logits` (same eval mode and ``inference_mode`` rules)."""
-    if model.training:  # a teacher's dropout stays off whatever a user did
-        model.eval()
-    mask = attention_mask.to(model.device) if attention_mask is not None else None
-    with torch.inference_mode():
-        return last_hidden(model, input_ids.to(model.device), mask)
+    counterpart of `lm.common.teacher_logits`."""
+    return frozen_pass(model, last_hidden, input_ids, attention_mask)
 
 
 def choose_fused(wanted: bool | str, models: dict[str, nn.Module], vocab: int, strategy: str = "") -> tuple[bool, str | None]:

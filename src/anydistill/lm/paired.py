@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from anydistill.core.errors import RecipeError
 from anydistill.core.method import DistillationMethod
+from anydistill.lm.common import frozen_pass
 from anydistill.lm.vocab import output_width
 
 
@@ -54,11 +55,8 @@ def logits_of(model: nn.Module, ids: Tensor, attention: Tensor) -> Tensor:
 
 
 def teacher_logits_of(model: nn.Module, ids: Tensor, attention: Tensor) -> Tensor:
-    """The frozen teacher's `logits_of`, under ``inference_mode`` (no graph)."""
-    if model.training:
-        model.eval()
-    with torch.inference_mode():
-        return logits_of(model, ids.to(model.device), attention.to(model.device))
+    """The frozen teacher's `logits_of` (`lm.common.frozen_pass`: eval mode, ``inference_mode``)."""
+    return frozen_pass(model, logits_of, ids, attention)
 
 
 @torch.no_grad()
