@@ -20,9 +20,10 @@ from torch import Tensor, nn
 
 from anydistill.lm.common import frozen_pass
 
-# `fused_head: auto` fuses from this vocabulary on: below it the [B, L, V] logits are small and the
-# chunked path's per-chunk overhead costs throughput (at V = 96 the TRL comparison's online and
-# cached lm-kd steps ran slower fused than on full logits).
+# `fused_head: auto` fuses from this vocabulary on: below it the [B, L, V] logits are small, so
+# there is little memory to save, while the chunked path adds per-chunk work (at V = 96 a run of the
+# TRL comparison with the fused path forced gave 1.20x TRL's tokens/s against 1.42x with full
+# logits, but that run also shared the machine with another job: not a controlled comparison).
 FUSED_MIN_VOCAB = 4096
 
 # Relative agreement required between `hidden @ W.T + b` and the model's logits (fp32 rounding of
