@@ -150,6 +150,23 @@ def test_uld_of_equal_distributions_is_zero() -> None:
     assert (sorted_l1(p, p.roll(1, dims=0)) > 0).all()
 
 
+@pytest.mark.parametrize("widths", [(4096, 258), (258, 4096), (50, 50)])
+def test_uld_matches_sorting_both_sides_padded(widths) -> None:
+    """The top-k form equals ULD's definition (both sides sorted, the narrower zero-padded), value and
+    gradient through the softmax, in fp64."""
+    generator = torch.Generator().manual_seed(4)
+    logits = (3 * torch.randn(16, widths[0], generator=generator, dtype=torch.float64)).requires_grad_()
+    teacher = (3 * torch.randn(16, widths[1], generator=generator, dtype=torch.float64)).softmax(-1)
+    width = max(widths)
+    padded = lambda x: torch.nn.functional.pad(x.sort(-1, descending=True).values, (0, width - x.shape[-1]))  # noqa: E731
+    reference = (padded(logits.softmax(-1)) - padded(teacher)).abs().sum(-1)
+    (expected,) = torch.autograd.grad(reference.sum(), logits)
+    ours = sorted_l1(logits.softmax(-1), teacher)
+    (grad,) = torch.autograd.grad(ours.sum(), logits)
+    torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grad, expected, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("beta", [0.0, 0.3, 1.0])
 def test_jsd_of_probabilities_is_gkd_jsd(beta) -> None:
     generator = torch.Generator().manual_seed(3)

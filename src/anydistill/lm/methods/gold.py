@@ -210,9 +210,16 @@ class GOLD(DistillationMethod):
         logits = logits_of(self.student, student.ids, student.attention)
         s_groups, t_groups = self.groups(student, teacher)
         size = student.ids.shape[0]
+        loss = shown = 0.0
+        if self.crossentropy_weight > 0:
+            ce_sum, ce_count = token_ce_loss(logits, student.ids[:, 1:], student.counts[:, 1:])
+            loss = step_loss(self, self.crossentropy_weight * ce_sum, ce_count)
+            shown = self.crossentropy_weight * ce_sum.detach() / max(ce_count, 1)
+            self.log_train("train/ce", ce_sum.detach() / max(ce_count, 1), size)
         if s_groups:
             q = self.merged(logits[..., : self.widths[0]], student.ids, s_groups)
             p = self.merged(target[..., : self.widths[1]], teacher.ids, t_groups).to(q.device)
+            del logits, target  # the graph keeps only q's rows: [B, W, V] logits need not outlive the merge (peak memory)
             if self.overlap is not None:
                 d, jsd, rest = hybrid_distance(q, p, self.overlap, beta=self.beta, matched_weight=self.matched_weight,
                                                unmatched_weight=self.unmatched_weight)
@@ -224,13 +231,8 @@ class GOLD(DistillationMethod):
         else:  # nothing aligned in this batch: a zero that keeps every parameter in the graph (DDP)
             d_sum = logits.sum() * 0.0
         count = len(s_groups)
-        loss = step_loss(self, self.distillation_weight * d_sum, count)
-        shown = self.distillation_weight * d_sum.detach() / max(count, 1)
-        if self.crossentropy_weight > 0:
-            ce_sum, ce_count = token_ce_loss(logits, student.ids[:, 1:], student.counts[:, 1:])
-            loss = loss + step_loss(self, self.crossentropy_weight * ce_sum, ce_count)
-            shown = shown + self.crossentropy_weight * ce_sum.detach() / max(ce_count, 1)
-            self.log_train("train/ce", ce_sum.detach() / max(ce_count, 1), size)
+        loss = loss + step_loss(self, self.distillation_weight * d_sum, count)
+        shown = shown + self.distillation_weight * d_sum.detach() / max(count, 1)
         self.log_train("train/distill", d_sum.detach() / max(count, 1), size)
         self.log_train("train/loss", shown, size, prog_bar=True)
         self.log_train("train/on_policy", torch.tensor(float(source == "student")), size)
