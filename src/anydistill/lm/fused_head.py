@@ -22,8 +22,9 @@ are formed chunk by chunk too (no gradient); or dense logits ``[B, L, V]``; or a
 :class:`~anydistill.lm.topk.SparseTeacher` (the top-k cache), densified chunk by chunk.
 
 **Gradients are made in the forward pass** (the approach of Liger-Kernel's ``chunked_loss``): for
-each chunk, autograd on that chunk alone gives :math:`g = \partial \ell / \partial z_s` ``[n, V]``,
-which is folded at once into
+each chunk, :math:`g = \partial \ell / \partial z_s` ``[n, V]`` comes in closed form for ``fkl``,
+``rkl``, ``jsd`` and the cross-entropy (:mod:`anydistill.lm.divergence_grad`, computed in place)
+and from autograd on that chunk alone for the others; it is folded at once into
 
 .. math::
 
@@ -33,8 +34,8 @@ which is folded at once into
 
 then the chunk's logits, activations and ``g`` are freed. Backward only scales the stored
 gradients by the incoming one. Peak memory is therefore the chunk's ``[chunk_tokens, V]`` fp32
-temporaries (about 15 of them for ``jsd``, counting autograd's saved tensors; each is 128 MB at
-V = 128k and 256 tokens) plus ``[V, H]`` and ``[B*L, H]`` for the gradients,
+temporaries (about 5 for the closed forms, about 15 through autograd for the skew KLs and ``tvd``;
+each is 128 MB at V = 128k and 256 tokens) plus ``[V, H]`` and ``[B*L, H]`` for the gradients,
 instead of three ``[N, V]`` tensors (student logits, teacher logits, their gradient) on top of
 the same chunk temporaries. The arithmetic is the unfused one: three ``N x V x H`` matmuls for the
 student, one for a teacher given as hidden states; nothing is recomputed in backward (the unfused
@@ -57,6 +58,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from anydistill.core.checks import is_finite_number, raise_problems
+from anydistill.lm.divergence_grad import CLOSED_FORM, ce_and_grad, divergence_and_grad
 from anydistill.lm.token_losses import (
     chunk_ce_sum,
     divergence_problems,
@@ -67,8 +69,9 @@ from anydistill.lm.token_losses import (
 )
 from anydistill.lm.topk import SparseTeacher
 
-# objective(z_s [n, V], start, stop) -> (the chunk's differentiable scalar, its detached stats [k])
-ChunkObjective = Callable[[Tensor, int, int], tuple[Tensor, Tensor]]
+# objective(z_s [n, V], start, stop) -> (the chunk's scalar, its detached stats [k], its gradient
+# d scalar / d z_s [n, V] when given in closed form, else None: autograd differentiates the scalar)
+ChunkObjective = Callable[[Tensor, int, int], tuple[Tensor, Tensor, Tensor | None]]
 
 
 def fused_token_distill_loss(
@@ -109,9 +112,9 @@ def fused_token_distill_loss(
         teacher_bias: ``[V]`` or None.
         mask: bool ``[B, L]``; True = completion token.
         divergence, temperature, beta, alpha, scale_by_t2, normalizer: as in ``token_distill_loss``.
-        chunk_tokens: masked tokens whose logits exist at once: memory ``~ 15 * chunk_tokens * V``
-            fp32 floats (the divergence's temporaries); time barely depends on it (CPU, V = 32k:
-            16.8 s at 256, 16.2 s at 1024).
+        chunk_tokens: masked tokens whose logits exist at once: memory ``~ 5 * chunk_tokens * V``
+            fp32 floats for ``fkl``/``rkl``/``jsd`` (``~ 15 *`` for the others, through autograd);
+            time barely depends on it.
 
     Returns:
         ``(loss_sum, num_tokens)`` exactly as ``token_distill_loss``: a 0-dim fp32 tensor (fp64 for
@@ -127,11 +130,15 @@ def fused_token_distill_loss(
     hidden, rows = _flat_rows(student_hidden, mask)
     teacher_of = _teacher_source(teacher, teacher_weight, teacher_bias, rows, student_weight.shape[0], mask.numel())
 
-    def objective(z_s: Tensor, start: int, stop: int) -> tuple[Tensor, Tensor]:
+    def objective(z_s: Tensor, start: int, stop: int) -> tuple[Tensor, Tensor, Tensor | None]:
+        if divergence in CLOSED_FORM:
+            per_token, grad = divergence_and_grad(z_s, teacher_of(start, stop, z_s), divergence=divergence,
+                                                  temperature=temperature, beta=beta, need_grad=z_s.requires_grad)
+            return per_token.sum(), per_token.new_zeros(0), grad
         per_token = per_token_divergence(
             z_s, teacher_of(start, stop, z_s), divergence=divergence, temperature=temperature, beta=beta, alpha=alpha
         )
-        return per_token.sum(), per_token.new_zeros(0)
+        return per_token.sum(), per_token.new_zeros(0), None
 
     loss_sum, _ = _head_sum(hidden, student_weight, student_bias, rows, chunk_tokens, objective)
     if scale_by_t2:
@@ -171,8 +178,8 @@ def fused_token_ce_loss(
     hidden, rows = _flat_rows(student_hidden, mask)
     targets = labels.reshape(-1).to(hidden.device).index_select(0, rows)
 
-    def objective(z_s: Tensor, start: int, stop: int) -> tuple[Tensor, Tensor]:
-        return chunk_ce_sum(z_s, targets[start:stop]), z_s.new_zeros(0)
+    def objective(z_s: Tensor, start: int, stop: int) -> tuple[Tensor, Tensor, None]:
+        return chunk_ce_sum(z_s, targets[start:stop]), z_s.new_zeros(0), None
 
     ce_sum, _ = _head_sum(hidden, student_weight, student_bias, rows, chunk_tokens, objective)
     return ce_sum, rows.numel()
@@ -231,12 +238,20 @@ def fused_kd_ce_loss(
     teacher_of = _teacher_source(teacher, teacher_weight, teacher_bias, rows, student_weight.shape[0], mask.numel())
     c_t = temperature**2 if scale_by_t2 else 1.0
 
-    def objective(z_s: Tensor, start: int, stop: int) -> tuple[Tensor, Tensor]:
+    def objective(z_s: Tensor, start: int, stop: int) -> tuple[Tensor, Tensor, Tensor | None]:
+        if divergence in CLOSED_FORM:
+            per_token, grad = divergence_and_grad(z_s, teacher_of(start, stop, z_s), divergence=divergence,
+                                                  temperature=temperature, beta=beta, need_grad=z_s.requires_grad)
+            kd = c_t * per_token.sum()
+            ce, ce_grad = ce_and_grad(z_s, targets[start:stop], need_grad=grad is not None)
+            if grad is not None:
+                grad = grad.mul_(kd_weight * c_t).add_(ce_grad, alpha=1 - kd_weight)
+            return kd_weight * kd + (1 - kd_weight) * ce, torch.stack([kd, ce]), grad
         kd = c_t * per_token_divergence(
             z_s, teacher_of(start, stop, z_s), divergence=divergence, temperature=temperature, beta=beta, alpha=alpha
         ).sum()
         ce = chunk_ce_sum(z_s, targets[start:stop])
-        return kd_weight * kd + (1 - kd_weight) * ce, torch.stack([kd.detach(), ce.detach()])
+        return kd_weight * kd + (1 - kd_weight) * ce, torch.stack([kd.detach(), ce.detach()]), None
 
     loss_sum, (kd_sum, ce_sum) = _head_sum(hidden, student_weight, student_bias, rows, chunk_tokens, objective, stats=2)
     return loss_sum, kd_sum, ce_sum, rows.numel()
@@ -281,12 +296,13 @@ class _ChunkedHead(torch.autograd.Function):
             if any_grad:
                 z.requires_grad_(True)
             with torch.set_grad_enabled(any_grad):
-                value, chunk_stats = objective(z, start, start + chunk_rows.numel())
+                value, chunk_stats, g = objective(z, start, start + chunk_rows.numel())
             total += value.detach()
             stats_total += chunk_stats
             if not any_grad:
                 continue
-            (g,) = torch.autograd.grad(value, z)
+            if g is None:
+                (g,) = torch.autograd.grad(value, z)
             del value, z  # frees the chunk's activations before the matmuls allocate
             # Under autocast (bf16-mixed) z and g are bf16 while hidden and W are fp32: the
             # matmuls then run in bf16, as in the unfused backward, and are cast back.
