@@ -61,7 +61,8 @@ class MiniLLM(DistillationMethod):
     minibatches, each minibatch one optimizer update (with the same rows of the data batch as its
     LM text). So ``data.batch_size`` is the number of rollouts per round (per rank) and one step
     makes ``ppo_epochs * ppo_minibatches`` updates: ``trainer.max_steps`` and ``global_step``
-    count updates; the learning-rate schedule steps once per update. Nothing is carried between
+    count updates (a round that would run past ``max_steps`` stops there); the learning-rate
+    schedule steps once per update. Nothing is carried between
     steps, so checkpoints and resume need no rollout buffer. Under manual optimisation
     Lightning refuses ``trainer.accumulate_grad_batches > 1`` and ``trainer.gradient_clip_val``:
     set ``max_grad_norm`` here instead. The official code keeps a separate, fresh batch of
@@ -234,27 +235,34 @@ class MiniLLM(DistillationMethod):
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
         size = rollout["ids"].shape[0]
         totals: dict[str, torch.Tensor] = {}
-        for _ in range(self.ppo_epochs):
-            # A fresh split of the round's rollouts every epoch, from the seeded global RNG.
-            order = torch.randperm(size) if self.ppo_minibatches > 1 else torch.arange(size)
-            for rows in order.to(rollout["ids"].device).tensor_split(self.ppo_minibatches):
-                loss, parts = self.update_loss(rollout, batch, rows)
-                optimizer.zero_grad()
-                self.manual_backward(loss)
-                if self.max_grad_norm is not None:
-                    self.clip_gradients(optimizer, gradient_clip_val=self.max_grad_norm, gradient_clip_algorithm="norm")
-                optimizer.step()
-                if scheduler is not None and scheduler.last_epoch < self.total_updates:  # cosine would climb again past its end
-                    scheduler.step()
-                for name, value in parts.items():
-                    totals[name] = totals.get(name, 0.0) + value
-        updates = self.ppo_epochs * self.ppo_minibatches
+        updates = 0
+        for rows in self.minibatches(size, rollout["ids"].device):
+            if self.trainer.max_steps != -1 and self.trainer.global_step >= self.trainer.max_steps:
+                break  # the round's last updates would run past max_steps: the run ends on the step asked for
+            loss, parts = self.update_loss(rollout, batch, rows)
+            optimizer.zero_grad()
+            self.manual_backward(loss)
+            if self.max_grad_norm is not None:
+                self.clip_gradients(optimizer, gradient_clip_val=self.max_grad_norm, gradient_clip_algorithm="norm")
+            optimizer.step()
+            if scheduler is not None and scheduler.last_epoch < self.total_updates:  # cosine would climb again past its end
+                scheduler.step()
+            updates += 1
+            for name, value in parts.items():
+                totals[name] = totals.get(name, 0.0) + value
         for name, value in totals.items():
             self.log_train(f"train/{name}", value / updates, size, prog_bar=name == "loss")
         if self.rkl_advantage:
             # Mean log p/q of the sampled tokens (a sample estimate of -RKL per token when alpha = 0).
             count = max(int(rollout["mask"].sum()), 1)
             self.log_train("train/reward", rollout["log_ratio"].sum() / count, size)
+
+    def minibatches(self, size: int, device: torch.device):
+        """Row indices of each update of a round: ``ppo_epochs`` passes, each a fresh random split of
+        the ``size`` rollouts into ``ppo_minibatches`` parts (from the seeded global RNG)."""
+        for _ in range(self.ppo_epochs):
+            order = torch.randperm(size) if self.ppo_minibatches > 1 else torch.arange(size)
+            yield from order.to(device).tensor_split(self.ppo_minibatches)
 
     validation_step = lm_validation_step
 
