@@ -71,6 +71,7 @@ class Recipe:
     evaluation: Component
     methods: dict[str, Component]
     resolved: dict[str, Any]
+    teacher_server: dict[str, Any] | None = None  # `teacher: {server: ...}`: ServedTeacher's settings (no teacher module here)
 
 
 def shipped_recipes() -> dict[str, Path]:
@@ -230,7 +231,9 @@ def load_recipe(path_or_name: str | dict[str, Any], overrides: list[str] = (), *
     student = _component(raw_section("student"), MODELS, "student", problems, MODEL_INJECTED) if raw_section("student") is not None else None
     teacher_section = dict(raw_section("teacher") or {})
     checkpoint = teacher_section.pop("checkpoint", None)
-    teacher = _component(teacher_section, MODELS, "teacher", problems, MODEL_INJECTED) if raw_section("teacher") is not None else None
+    served = served_teacher_settings(teacher_section, problems) if "server" in teacher_section else None
+    teacher = (_component(teacher_section, MODELS, "teacher", problems, MODEL_INJECTED)
+               if raw_section("teacher") is not None and served is None and "server" not in teacher_section else None)
     if checkpoint is not None and not Path(str(checkpoint)).is_file():
         problems.append(f"teacher.checkpoint: no such file '{checkpoint}'. Point it at a model.safetensors written by a 'teacher' run.")
 
@@ -265,6 +268,10 @@ def load_recipe(path_or_name: str | dict[str, Any], overrides: list[str] = (), *
             problems.append(f"methods.{label}: method '{component.name}' trains a student; add a `student:` section.")
         if component.target.needs_teacher and raw_section("teacher") is None:
             problems.append(f"methods.{label}: method '{component.name}' distills from a teacher; add a `teacher:` section.")
+        if "server" in teacher_section and (trains_teacher or (component.target.needs_teacher and not component.target.served_teacher)):
+            able = ", ".join(n for n in METHODS.names() if getattr(METHODS.get(n), "served_teacher", False))
+            problems.append(f"methods.{label}: method '{component.name}' needs the teacher's module in this process; a served teacher "
+                            f"(teacher.server) works with {able}.")
 
     families = sorted({c.target.family for c in methods.values()})
     if len(families) > 1:
@@ -352,14 +359,37 @@ def load_recipe(path_or_name: str | dict[str, Any], overrides: list[str] = (), *
         resolved["student"] = {"name": MODELS.saved_name(student.name), **student.kwargs}
     if teacher is not None:
         resolved["teacher"] = {"name": MODELS.saved_name(teacher.name), **teacher.kwargs, **({"checkpoint": checkpoint} if checkpoint else {})}
+    if served is not None:
+        resolved["teacher"] = dict(served)
     resolved["evaluation"] = dict(evaluation.kwargs)
     resolved["methods"] = {label: {"name": METHODS.saved_name(c.name), **c.kwargs, **({"max_epochs": c.max_epochs} if c.max_epochs else {}),
                                    **({"optimizer": c.optimizer.model_dump(mode="json")} if c.optimizer else {})}
                            for label, c in methods.items()}
     return Recipe(
         source, parsed.name, parsed.seed, data, student, teacher, checkpoint, parsed.trainer, parsed.optimizer, parsed.cache,
-        evaluation, methods, resolved,
+        evaluation, methods, resolved, served,
     )
+
+
+def served_teacher_settings(section: dict[str, Any], problems: list[str]) -> dict[str, Any] | None:
+    """A ``teacher: {server: URL, ...}`` section checked against `ServedTeacher`'s parameters, and the
+    server asked once (`ServedTeacher.connect`): unreachable, refusing or mismatched is one problem line."""
+    from anydistill.lm.served.client import ServedTeacher, ServerError
+
+    values, found = validate_kwargs(ServedTeacher, dict(section), owner="the served teacher", where="teacher")
+    problems += found
+    if found:
+        return None
+    try:
+        client = ServedTeacher(**values)
+        try:
+            client.connect()
+        finally:
+            client.close()
+    except ServerError as error:
+        problems.append(f"teacher.server: {error}")
+        return None
+    return values
 
 
 def load_teacher_weights(model: Any, checkpoint: str, name: str) -> None:

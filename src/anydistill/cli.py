@@ -193,6 +193,28 @@ def command_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_serve_teacher(args: argparse.Namespace) -> int:
+    from anydistill.core.errors import RecipeError
+    from anydistill.lm.served.client import read_token
+    from anydistill.lm.served.protocol import SIGNALS
+    from anydistill.lm.served.server import load_service, serve
+
+    signals = tuple(s.strip() for s in args.signals.split(",") if s.strip())
+    unknown = [s for s in signals if s not in SIGNALS]
+    if unknown or not signals:
+        raise RecipeError([f"--signals: {', '.join(unknown) or 'none given'}; choose among {', '.join(SIGNALS)} (comma-separated)."])
+    token = read_token(args.token_file) if args.token_file else None
+    try:
+        service = load_service(args.teacher, name=args.name, max_tokens=args.max_tokens_per_request, max_logprobs=args.max_logprobs,
+                               signals=signals, dtype=args.dtype, device=args.device)
+    except ValueError as error:
+        raise RecipeError([str(error)]) from None
+    print(f"Serving {service.name} (fingerprint {service.fingerprint[:12]}, vocabulary {service.vocab}, signals {', '.join(signals)}) "
+          f"on http://{args.host}:{args.port}  (Ctrl-C stops)", flush=True)
+    serve(service, host=args.host, port=args.port, token=token)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="anydistill", description="Distill a teacher into a smaller, faster student.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -251,6 +273,23 @@ def build_parser() -> argparse.ArgumentParser:
                        help="narrow, add (also KEY=a,b,c) or drop (KEY=off) a searched parameter, e.g. temperature=1:8:log")
     add_run_options(tune_)
     tune_.set_defaults(handler=command_tune)
+
+    served = commands.add_parser(
+        "serve-teacher", help="serve a local teacher checkpoint over HTTP (vLLM's prompt_logprobs API + top-k/adaptive/hidden rows)",
+        description="Serves the subset of vLLM's OpenAI-compatible API that distillation reads (/v1/models, /v1/completions with "
+                    "prompt_logprobs) and a binary extension for top-k, adaptive-k and hidden-state rows. Point a recipe at it with "
+                    "teacher: {server: http://HOST:PORT}. Binds 127.0.0.1 unless --host says otherwise.")
+    served.add_argument("teacher", help="a save_pretrained folder of a causal LM (its tokenizer beside it fills decoded_token)")
+    served.add_argument("--port", type=int, default=8000, help="default 8000")
+    served.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (loopback only); another address logs a warning")
+    served.add_argument("--name", help="the served model name (default: the folder's name)")
+    served.add_argument("--signals", default="topk,adaptive,hidden", help="binary signals served, comma-separated (default: all three)")
+    served.add_argument("--max-tokens-per-request", type=int, default=65536, help="larger requests get 413 (default 65536)")
+    served.add_argument("--max-logprobs", type=int, default=64, help="the largest prompt_logprobs k (vLLM's --max-logprobs; default 64)")
+    served.add_argument("--token-file", help="require Authorization: Bearer <the file's content>")
+    served.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="the teacher's weights (default float32)")
+    served.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1... (default cpu)")
+    served.set_defaults(handler=command_serve_teacher)
 
     report = commands.add_parser("report", help="re-render report.md and plots of a run directory")
     report.add_argument("run_dir")

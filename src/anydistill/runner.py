@@ -23,6 +23,7 @@ from safetensors.torch import load_file
 from anydistill import __version__
 from anydistill.catalog import Recipe, build_models, load_teacher_weights
 from anydistill.core.cache import open_or_build_cache
+from anydistill.core.errors import RunDirError
 from anydistill.core.evaluator import Evaluator
 from anydistill.core.method import DistillationMethod
 from anydistill.core.rundir import RunDir, write_atomic
@@ -66,13 +67,34 @@ def run_info(recipe: Recipe, command: str | None = None) -> dict[str, Any]:
 
 
 def build_teacher(recipe: Recipe, teacher_model: torch.nn.Module | None) -> Teacher | None:
-    """The frozen teacher: a pretrained builder, or an architecture plus a ``checkpoint``."""
+    """The frozen teacher: a pretrained builder, an architecture plus a ``checkpoint``, or a
+    `ServedTeacher` (``teacher: {server: ...}``, connected)."""
+    if recipe.teacher_server is not None:
+        from anydistill.lm.served.client import ServedTeacher
+
+        served = ServedTeacher(**recipe.teacher_server)
+        served.connect()
+        return served
     if teacher_model is None:
         return None
     if recipe.teacher_checkpoint:  # validated by load_recipe, which loaded it once already
         load_teacher_weights(teacher_model, recipe.teacher_checkpoint, recipe.teacher.name)
     spec = {k: v for k, v in recipe.resolved["teacher"].items() if k != "checkpoint"}  # weights are hashed anyway
     return Teacher(teacher_model, name=recipe.teacher.name, spec=json.dumps(spec, sort_keys=True))
+
+
+def check_served_teacher(run_dir: RunDir, teacher: Any, resume: bool) -> None:
+    """Record the served teacher's fingerprint in the run directory (``served_teacher.json``); on
+    ``--resume``, refuse a server that now serves another checkpoint (the run would mix two teachers)."""
+    record = {"server": teacher.url, "model": teacher.model_name, "fingerprint": teacher.fingerprint()}
+    path = run_dir.path / "served_teacher.json"
+    if resume and path.is_file():
+        earlier = json.loads(path.read_text())
+        if earlier.get("fingerprint") != record["fingerprint"]:
+            raise RunDirError(f"--resume: the teacher server {teacher.url} serves another checkpoint than this run's (fingerprint "
+                              f"{record['fingerprint'][:12]}, the run's {str(earlier.get('fingerprint'))[:12]}): restart it with the run's teacher.")
+        return
+    run_dir.write_json("served_teacher.json", record)
 
 
 def make_trainer(recipe: Recipe, run_dir: RunDir, label: str) -> L.Trainer:
@@ -132,9 +154,11 @@ def run_recipe(recipe: Recipe, run_dir: RunDir, *, resume: bool = False, command
         data=datamodule, student_spec=recipe.resolved.get("student"), data_name=recipe.data.name, **recipe.evaluation.kwargs
     )
     metrics = run_dir.read_metrics() if resume else {}
+    if recipe.teacher_server is not None and main:
+        check_served_teacher(run_dir, teacher, resume)
 
     if main:
-        if teacher is not None and "teacher" not in metrics:
+        if teacher is not None and teacher.model is not None and "teacher" not in metrics:  # a served teacher has no module here
             metrics["teacher"] = {**evaluator.evaluate(teacher.model, teacher, "pretrained"), "role": "teacher", "method": "pretrained"}
             run_dir.write_json("metrics.json", metrics)
         for label, row in evaluator.baselines(skip=set(metrics)).items():

@@ -87,11 +87,14 @@ def test_bad_requests_get_one_line_4xx_and_the_server_keeps_serving(url) -> None
     assert good.status_code == 200 and good.headers[FINGERPRINT_HEADER]
 
 
-def test_a_bearer_token_is_required_when_set(teacher) -> None:
+def test_a_bearer_token_is_required_when_set(teacher, tmp_path) -> None:
+    (tmp_path / "token").write_text("s3cret\n")
+    (tmp_path / "wrong").write_text("guess")
     with running(TeacherService(teacher, name="tiny"), token="s3cret") as address:
-        with pytest.raises(ServerError, match="refused GET /v1/models: HTTP 401"):
-            ServedTeacher(address).connect()
-        assert ServedTeacher(address, token="s3cret").connect()["id"] == "tiny"
+        for client in (ServedTeacher(address), ServedTeacher(address, token_file=str(tmp_path / "wrong"))):
+            with pytest.raises(ServerError, match="refused GET /v1/models: HTTP 401: missing or wrong bearer token"):
+                client.connect()
+        assert ServedTeacher(address, token_file=str(tmp_path / "token")).connect()["id"] == "tiny"
 
 
 def test_another_checkpoint_and_an_unreachable_server_stop_with_one_line(url) -> None:

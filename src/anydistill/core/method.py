@@ -36,6 +36,8 @@ class DistillationMethod(L.LightningModule):
         own_loop: the method draws its own batches (e.g. class-balanced real images for dataset
             distillation): the runner calls `attach_data` and then fits with the method's own
             ``train_dataloader`` instead of the data module's loaders.
+        served_teacher: the method can learn from a teacher in another process
+            (``teacher: {server: ...}``, `anydistill.lm.served.ServedTeacher`), which has no module here.
     """
 
     family: ClassVar[str] = ""
@@ -46,6 +48,7 @@ class DistillationMethod(L.LightningModule):
     baseline: ClassVar[bool] = False
     own_loop: ClassVar[bool] = False
     unlabelled: ClassVar[bool] = False
+    served_teacher: ClassVar[bool] = False
 
     def __init__(self, student: nn.Module, teacher: Teacher | nn.Module | None = None, optimizer: OptimizerSpec | None = None):
         super().__init__()

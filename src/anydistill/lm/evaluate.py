@@ -114,7 +114,7 @@ class LMEvaluator(Evaluator):
         tokens = int(test[1][:, 1:].sum())
         row: dict[str, Any] = {"nll": nll, "perplexity": math.exp(min(nll, 700)), "nll_per_char": nll * tokens / max(self.characters[side], 1),
                                "val_nll": val_nll}
-        if teacher is not None and not is_teacher and len(self.sides) == 1:
+        if teacher is not None and teacher.model is not None and not is_teacher and len(self.sides) == 1:  # served: no module here
             vocab = check_vocab(model, teacher.model, tokenizer)
             row["kl_teacher"] = held_out_kl(teacher.model.cpu(), model, *test, vocab=vocab)
         prompt = encode(tokenizer, [self.prompt])[0][None]

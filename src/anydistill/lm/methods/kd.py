@@ -17,6 +17,7 @@ from anydistill.lm.common import causal_logits, lm_data_problems, lm_validation_
 from anydistill.lm.fused_head import fused_kd_ce_loss
 from anydistill.lm.head import Head, choose_fused, last_hidden, lm_head, teacher_hidden
 from anydistill.lm.hidden_cache import HiddenSignals, open_hidden_signals
+from anydistill.lm.served.use import is_served, pipeline, served_rows, served_vocab, unpipeline
 from anydistill.lm.token_losses import token_ce_loss, token_distill_loss
 from anydistill.lm.topk import SparseTeacher
 from anydistill.lm.topk_cache import open_signals, signal_problems
@@ -40,7 +41,9 @@ class LMKD(DistillationMethod):
 
     The teacher runs online on every batch, or, with ``topk`` set, once over the training split
     into a cache of its top-k log-probabilities (+ tail bucket) on disk (`lm.topk_cache`), which
-    later epochs and later runs read instead.
+    later epochs and later runs read instead. A served teacher (``teacher: {server: ...}``,
+    `lm.served.ServedTeacher`) sends each batch's top-k, adaptive-k or hidden-state rows over HTTP,
+    the next batch's request in flight while the student steps on this one.
 
     With ``fused_head`` (``auto``, the default: from a vocabulary of 4,096 on) the loss takes the student's last hidden states and LM head
     and forms the logits ``head_chunk_tokens`` tokens at a time (`lm.fused_head`), as it does the
@@ -81,6 +84,7 @@ class LMKD(DistillationMethod):
     paper = "Hinton et al. 2015 (token-level KD); divergences of Agarwal et al. 2024 (GKD) and Ko et al. 2024 (DistiLLM)"
     # Token-level KD: temperatures near 1 (GKD and DistiLLM use 1), alpha the soft/label mix.
     search_space = {"temperature": LogUniform(0.5, 2.0), "alpha": Uniform(0.1, 0.9)}
+    served_teacher = True
 
     def __init__(
         self,
@@ -118,6 +122,9 @@ class LMKD(DistillationMethod):
 
     def setup(self, stage: str) -> None:
         self.vocab = prepare(self)
+        if is_served(self.teacher):
+            self.vocab = served_vocab("lm-kd", self.teacher, self.trainer.datamodule, self.vocab)
+            self.signals = self.teacher
         if self.topk is not None and self.signals is None:
             self.signals = open_signals("lm-kd", self.teacher, self.trainer.datamodule, vocab=self.vocab, root=self.cache_dir,
                                         topk=self.topk, tail=self.topk_tail, dtype=self.cache_dtype, kl_budget=self.kl_budget,
@@ -134,10 +141,25 @@ class LMKD(DistillationMethod):
             self.teacher_head = lm_head(self.teacher.model, self.vocab)
         elif isinstance(self.signals, HiddenSignals):
             self.teacher_head = self.signals.head
+        elif is_served(self.signals) and self.signals.signal == "hidden":
+            self.teacher_head = self.signals.head()
+
+        if is_served(self.teacher) and stage == "fit":
+            pipeline(self.teacher, self.trainer.datamodule)
+
+    def teardown(self, stage: str) -> None:
+        if is_served(self.teacher) and self.trainer is not None and self.trainer.datamodule is not None:
+            unpipeline(self.trainer.datamodule)
 
     def teacher_signal(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | SparseTeacher:
         """The batch's rows of the top-k cache, or the teacher's hidden states [B, L-1, Ht] (cached
         or online, fused path) or logits [B, L-1, V] (online or from the cached hidden states)."""
+        if is_served(self.signals):
+            signal = served_rows(self.signals, batch)
+            if not isinstance(signal, torch.Tensor) or self.fused:
+                return signal
+            return torch.nn.functional.linear(signal, self.teacher_head.weight.to(signal), None if self.teacher_head.bias is None
+                                              else self.teacher_head.bias.to(signal))
         if isinstance(self.signals, HiddenSignals):
             hidden = self.signals.rows(batch["index"], device=batch["input_ids"].device)
             if self.fused:
@@ -195,4 +217,6 @@ class LMKD(DistillationMethod):
             problems += signal_problems("lm-kd", self.topk, vocab, self.kl_budget, self.k_min, self.k_max)
         if self.hidden_cache and self.topk is not None:
             problems.append("lm-kd caches either the teacher's top-k ('topk') or its hidden states ('hidden_cache: true'), not both: remove one.")
+        if is_served(self.teacher) and (self.topk is not None or self.hidden_cache):
+            problems.append("lm-kd with a served teacher takes the signal it sends (teacher.signal, teacher.topk): remove 'topk' / 'hidden_cache'.")
         return problems

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Literal
 
@@ -23,6 +24,7 @@ import torch
 from torch import Tensor
 
 from anydistill.core.errors import AnydistillError
+from anydistill.core.recipe import NonNegativeInt, PositiveFloat, PositiveInt
 from anydistill.lm.adaptive_topk import RaggedTeacher
 from anydistill.lm.head import Head
 from anydistill.lm.served.protocol import (
@@ -40,6 +42,9 @@ from anydistill.lm.served.protocol import (
 from anydistill.lm.topk import SparseTeacher
 
 
+PREFETCHED = 4  # requests sent ahead and kept for their batch (Lightning fetches one batch ahead)
+
+
 class ServerError(AnydistillError):
     """The teacher server cannot be used: unreachable, refusing, or serving another checkpoint (one line)."""
 
@@ -48,7 +53,7 @@ class ServedTeacher:
     """A teacher served over HTTP.
 
     Args:
-        url: the server's base address (``http://127.0.0.1:8000``).
+        server: the server's base address (``http://127.0.0.1:8000``).
         api: ``openai`` (``/v1/completions`` with ``prompt_logprobs``: vLLM's API) or ``binary`` (ours).
         model: the served model name (None: the first of ``/v1/models``).
         signal: ``topk``, ``adaptive`` (binary only) or ``hidden`` (binary only).
@@ -56,22 +61,24 @@ class ServedTeacher:
         kl_budget, k_min, k_max: the adaptive rows' settings (`lm.adaptive_topk`).
         dtype: the binary rows' storage (float16 halves the payload).
         vocab_size: the teacher's vocabulary when the server does not say it (vLLM does not).
-        token: a bearer token, when the server requires one.
+        token_file: a file holding the bearer token the server requires (``--token-file``), if any.
         timeout: seconds per request; retries, backoff: tries after a failure and the first wait (doubling).
     """
 
-    def __init__(self, url: str, *, api: Literal["openai", "binary"] = "binary", model: str | None = None,
-                 signal: Literal["topk", "adaptive", "hidden"] = "topk", topk: int = 32, kl_budget: float = 1e-3,
-                 k_min: int = 1, k_max: int | None = None, dtype: str = "float16", vocab_size: int | None = None,
-                 token: str | None = None, timeout: float = 120.0, retries: int = 4, backoff: float = 0.5):
+    def __init__(self, server: str, *, api: Literal["openai", "binary"] = "binary", model: str | None = None,
+                 signal: Literal["topk", "adaptive", "hidden"] = "topk", topk: PositiveInt = 32, kl_budget: PositiveFloat = 1e-3,
+                 k_min: PositiveInt = 1, k_max: PositiveInt | None = None, dtype: Literal["float16", "bfloat16", "float32"] = "float16",
+                 vocab_size: PositiveInt | None = None, token_file: str | None = None, timeout: PositiveFloat = 120.0,
+                 retries: NonNegativeInt = 4, backoff: PositiveFloat = 0.5):
         try:
             import httpx
         except ImportError:
             raise ServerError("a served teacher needs the package 'httpx': pip install 'anydistill[served]'.") from None
 
-        self.url, self.api, self.model_name, self.signal = url.rstrip("/"), api, model, signal
+        self.url, self.api, self.model_name, self.signal = server.rstrip("/"), api, model, signal
         self.topk, self.kl_budget, self.k_min, self.k_max, self.dtype = topk, kl_budget, k_min, k_max, dtype
         self.vocab_size, self.retries, self.backoff = vocab_size, retries, backoff
+        token = read_token(token_file) if token_file else None
         headers = {"authorization": f"Bearer {token}"} if token else {}
         self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
         self.name = f"served:{self.url}"
@@ -81,7 +88,8 @@ class ServedTeacher:
         self.card: dict = {}
         self._head: Head | None = None
         self._pool: ThreadPoolExecutor | None = None
-        self._pending: tuple[Any, Future] | None = None
+        self.prefetched = self.prefetch_hits = 0  # requests sent ahead, and those a step used
+        self._pending: OrderedDict[Any, Future] = OrderedDict()  # batch key -> its request in flight
 
     # -- connection -----------------------------------------------------------------------------
 
@@ -116,6 +124,10 @@ class ServedTeacher:
         if self.signal != "topk" and self.api == "openai":
             raise ServerError(f"teacher.signal {self.signal!r} needs api: binary (the OpenAI-compatible API serves top-k only).")
         return self.card
+
+    def to(self, device: Any) -> ServedTeacher:
+        """Nothing to move: the rows are moved to each batch's device as they arrive (`Teacher.to`'s role)."""
+        return self
 
     def fingerprint(self) -> str:
         """Our server's teacher fingerprint; for another server (vLLM), a hash of its URL-independent
@@ -225,22 +237,40 @@ class ServedTeacher:
     # -- pipelining -----------------------------------------------------------------------------
 
     def prefetch(self, key: Any, input_ids: Tensor, attention_mask: Tensor | None) -> None:
-        """Ask for a batch's rows in the background (the next batch, while the student steps)."""
+        """Ask for a batch's rows in the background (the next batch, while the student steps); at most
+        `PREFETCHED` requests are kept, the oldest dropped."""
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="served-teacher")
-        self._pending = (key, self._pool.submit(self.rows, input_ids.cpu(), None if attention_mask is None else attention_mask.cpu()))
+        self._pending[key] = self._pool.submit(self.rows, input_ids.cpu(), None if attention_mask is None else attention_mask.cpu())
+        while len(self._pending) > PREFETCHED:
+            self._pending.popitem(last=False)
+        self.prefetched += 1
 
     def rows_for(self, key: Any, input_ids: Tensor, attention_mask: Tensor | None) -> SparseTeacher | Tensor:
-        """`rows`, taken from the prefetched request when it was for ``key``."""
-        pending, self._pending = self._pending, None
-        if pending is not None and pending[0] == key:
-            return pending[1].result()
+        """`rows`, taken from the prefetched request for ``key`` when there is one."""
+        future = self._pending.pop(key, None)
+        if future is not None:
+            self.prefetch_hits += 1
+            return future.result()
         return self.rows(input_ids, attention_mask)
 
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
         self.http.close()
+
+
+def read_token(path: str) -> str:
+    """The bearer token in the file ``path`` (surrounding whitespace removed); `ServerError` if unreadable or empty."""
+    from pathlib import Path
+
+    try:
+        token = Path(path).read_text().strip()
+    except OSError as error:
+        raise ServerError(f"cannot read the token file '{path}' ({type(error).__name__}): fix teacher.token_file / --token-file.") from None
+    if not token:
+        raise ServerError(f"the token file '{path}' is empty: write the bearer token in it.")
+    return token
 
 
 def _message(response: Any) -> str:

@@ -27,6 +27,7 @@ from anydistill.core.teacher import Teacher
 from anydistill.lm.adaptive_topk import adaptive_sparsify
 from anydistill.lm.common import causal_logits, teacher_logits
 from anydistill.lm.head import head_problem, lm_head, teacher_hidden
+from anydistill.lm.teacher_kernels import fuse_teacher_activations
 from anydistill.lm.served.protocol import (
     COMPLETIONS_PATH,
     DTYPES,
@@ -72,6 +73,7 @@ class TeacherService:
                 raise ValueError(f"serve-teacher: --signals hidden needs an LM head that reproduces the logits; {why}. "
                                  "Serve topk/adaptive only.")
         self.signals, self.tokenizer = tuple(signals), tokenizer
+        fuse_teacher_activations(teacher.model)  # as an in-process teacher runs (lm.common.prepare): same numbers
         self.fingerprint = teacher.fingerprint()
         self.positions = getattr(teacher.model.config, "max_position_embeddings", None) or getattr(teacher.model.config, "n_positions", None)
         self.lock = threading.Lock()

@@ -1,0 +1,79 @@
+"""What a method needs to train from a `ServedTeacher`: recognising one, its shared vocabulary, each
+batch's rows on the batch's device, and the next batch's request sent while the student steps."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from anydistill.core.errors import RecipeError
+from anydistill.lm.topk import SparseTeacher
+
+
+def is_served(teacher: Any) -> bool:
+    """Whether ``teacher`` is a `ServedTeacher` (no module in this process)."""
+    from anydistill.lm.served.client import ServedTeacher
+
+    return isinstance(teacher, ServedTeacher)
+
+
+def served_vocab(who: str, teacher: Any, datamodule: Any, student_vocab: int) -> int:
+    """The vocabulary shared with a served teacher: the student's (already checked against the
+    tokenizer) cut to the server's; a server narrower than the tokenizer cannot be the same model family."""
+    tokenizer_size = len(datamodule.tokenizer)
+    if teacher.vocab_size < tokenizer_size:
+        raise RecipeError([f"method '{who}': the teacher server {teacher.url} has {teacher.vocab_size} logits, fewer than the tokenizer's "
+                           f"{tokenizer_size} ids: serve a teacher of the student's tokenizer (or fix teacher.vocab_size)."])
+    return min(student_vocab, teacher.vocab_size)
+
+
+def _key(batch: dict[str, Tensor]) -> tuple[int, ...]:
+    return tuple(batch["index"].tolist())
+
+
+def served_rows(teacher: Any, batch: dict[str, Tensor]) -> SparseTeacher | Tensor:
+    """The batch's rows from the server (the prefetched answer when `pipeline` asked for it), on the
+    batch's device: a `SparseTeacher` of ``B * (L - 1)`` rows or hidden states ``[B, L - 1, H]``."""
+    rows = teacher.rows_for(_key(batch), batch["input_ids"], batch.get("attention_mask"))
+    device = batch["input_ids"].device
+    if isinstance(rows, Tensor):
+        return rows.to(device)
+    return SparseTeacher(rows.logprobs.to(device), rows.indices.to(device),
+                         None if rows.tail_logprob is None else rows.tail_logprob.to(device))
+
+
+def pipeline(teacher: Any, datamodule: Any) -> None:
+    """Send each training batch's request as soon as the data module's loader has made the batch.
+
+    Lightning fetches one batch ahead of the step that uses it, so the request for batch n + 1 is in
+    flight while the student steps on batch n. Done by wrapping the ``collate_fn`` of the loaders
+    that ``datamodule.train_dataloader()`` returns from now on (call it in the method's ``setup``,
+    before Lightning asks for the loader; `unpipeline` in ``teardown``): a single-process loader calls
+    it in this process as it makes each batch. With worker processes the requests are sent when the
+    step asks for them, unpipelined.
+    """
+    if "train_dataloader" in vars(datamodule):  # already wrapped (a resumed fit calls setup again)
+        return
+    make_loader = datamodule.train_dataloader
+
+    def train_dataloader() -> Any:
+        loader = make_loader()
+        if isinstance(loader, torch.utils.data.DataLoader) and loader.num_workers == 0:
+            collate = loader.collate_fn
+
+            def collate_and_ask(rows: Any) -> Any:
+                batch = collate(rows)
+                teacher.prefetch(_key(batch), batch["input_ids"], batch.get("attention_mask"))
+                return batch
+
+            loader.collate_fn = collate_and_ask
+        return loader
+
+    datamodule.train_dataloader = train_dataloader
+
+
+def unpipeline(datamodule: Any) -> None:
+    """Undo `pipeline`: the data module is shared by the run's other methods."""
+    vars(datamodule).pop("train_dataloader", None)
