@@ -231,7 +231,7 @@ def load_recipe(path_or_name: str | dict[str, Any], overrides: list[str] = (), *
     student = _component(raw_section("student"), MODELS, "student", problems, MODEL_INJECTED) if raw_section("student") is not None else None
     teacher_section = dict(raw_section("teacher") or {})
     checkpoint = teacher_section.pop("checkpoint", None)
-    served = served_teacher_settings(teacher_section, problems) if "server" in teacher_section else None
+    served, served_card = served_teacher_settings(teacher_section, problems) if "server" in teacher_section else (None, {})
     teacher = (_component(teacher_section, MODELS, "teacher", problems, MODEL_INJECTED)
                if raw_section("teacher") is not None and served is None and "server" not in teacher_section else None)
     if checkpoint is not None and not Path(str(checkpoint)).is_file():
@@ -347,6 +347,11 @@ def load_recipe(path_or_name: str | dict[str, Any], overrides: list[str] = (), *
                 _check_method(label, component, teacher_model, student_model, input_shape, component.max_epochs or parsed.trainer.max_epochs, set_up_data,
                               problems, data_findings)
             problems += [f"methods.{', '.join(labels)}: {problem}" for problem, labels in data_findings.items()]
+            if served is not None:
+                from anydistill.lm.served.use import served_problems
+
+                problems += [f"teacher.server: {p}" for p in served_problems(served["server"], served_card["vocab_size"],
+                                                                             served_card["max_model_len"], set_up_data())]
             if evaluation is not None:
                 problems += [f"evaluation: {problem}" for problem in
                              evaluation.target.model_problems(evaluation.kwargs, teacher_model=teacher_model, student_model=student_model)]
@@ -371,25 +376,26 @@ def load_recipe(path_or_name: str | dict[str, Any], overrides: list[str] = (), *
     )
 
 
-def served_teacher_settings(section: dict[str, Any], problems: list[str]) -> dict[str, Any] | None:
+def served_teacher_settings(section: dict[str, Any], problems: list[str]) -> tuple[dict[str, Any] | None, dict[str, Any]]:
     """A ``teacher: {server: URL, ...}`` section checked against `ServedTeacher`'s parameters, and the
-    server asked once (`ServedTeacher.connect`): unreachable, refusing or mismatched is one problem line."""
+    server asked once (`ServedTeacher.connect`): unreachable, refusing or mismatched is one problem
+    line. Returns the settings and what the server said (vocabulary size, positions)."""
     from anydistill.lm.served.client import ServedTeacher, ServerError
 
     values, found = validate_kwargs(ServedTeacher, dict(section), owner="the served teacher", where="teacher")
     problems += found
     if found:
-        return None
+        return None, {}
     try:
         client = ServedTeacher(**values)
         try:
-            client.connect()
+            card = client.connect()
         finally:
             client.close()
     except ServerError as error:
         problems.append(f"teacher.server: {error}")
-        return None
-    return values
+        return None, {}
+    return values, {"vocab_size": client.vocab_size, "max_model_len": card.get("max_model_len")}
 
 
 def load_teacher_weights(model: Any, checkpoint: str, name: str) -> None:

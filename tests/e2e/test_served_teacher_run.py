@@ -11,7 +11,7 @@ import time
 import torch
 from safetensors.torch import load_file
 
-from anydistill.core.teacher import Teacher
+from anydistill.catalog import load_recipe
 from anydistill.lm.served.server import TeacherService, load_service, running
 from anydistill.models.causal_lm import gpt2_lm
 from e2e.helpers import ANYDISTILL, anydistill, quiet_env
@@ -31,7 +31,7 @@ methods:
 
 def teacher_folder(path, seed: int = 7):
     torch.manual_seed(seed)
-    gpt2_lm(vocab_size=96, n_layer=2, n_embd=32, n_head=2, n_positions=32).save_pretrained(path)
+    gpt2_lm(vocab_size=96, n_layer=2, n_embd=32, n_head=2, n_positions=64).save_pretrained(path)
     return str(path)
 
 
@@ -86,6 +86,22 @@ def test_server_lost_mid_run_then_resume_is_bit_exact_and_another_checkpoint_is_
     a = load_file(str(tmp_path / "runs" / "whole" / "checkpoints" / "lm-kd" / "model.safetensors"))
     b = load_file(str(checkpoints / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_shipped_served_recipe_validates_against_a_loopback_server(tmp_path) -> None:
+    with running(service(teacher_folder(tmp_path / "teacher"))) as url:
+        recipe = load_recipe("shakespeare/served-teacher", [f"teacher.server={url}"])
+    assert recipe.teacher_server["server"] == url and list(recipe.methods) == ["lm-kd"]
+
+
+def test_a_teacher_shorter_than_the_blocks_is_refused_in_one_line(tmp_path) -> None:
+    torch.manual_seed(0)
+    gpt2_lm(vocab_size=96, n_layer=1, n_embd=32, n_head=2, n_positions=16).save_pretrained(tmp_path / "short")
+    with running(service(str(tmp_path / "short"))) as url:
+        write(tmp_path, url)
+        result = anydistill("run", "r.yaml", cwd=tmp_path)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and "16 positions" in lines[0], result.stderr[-2000:]
 
 
 def test_an_unreachable_server_is_one_line_and_nothing_is_written(tmp_path) -> None:

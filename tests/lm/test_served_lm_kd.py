@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from anydistill.core.recipe import OptimizerSpec
+from anydistill.lm.methods.gkd import GKD
 from anydistill.lm.methods.kd import LMKD
 from anydistill.lm.served.client import ServedTeacher
 from anydistill.lm.served.server import TeacherService, running
@@ -49,3 +50,17 @@ def test_served_top_k_trains_as_the_top_k_cache(teacher, url, api, tmp_path) -> 
     cached = trained(teacher, topk=8, cache_dtype="float32", cache_dir=str(tmp_path))
     for name, value in cached.items():
         torch.testing.assert_close(ours[name], value, rtol=1e-4, atol=1e-5)  # Adam magnifies the tail's rounding on near-zero weights
+
+
+@pytest.mark.parametrize("lmbda", [0.0, 0.5])
+def test_gkd_from_served_hidden_states_trains_exactly_as_in_process(teacher, url, lmbda) -> None:
+    """Off-policy batches come prefetched (lmbda 0), the student's samples are scored by the server when drawn."""
+    served = ServedTeacher(url, signal="hidden", dtype="float32")
+    served.connect()
+    weights = []
+    for source in (served, teacher):
+        method = GKD(tiny_lm(0), source, OPTIMIZER, lmbda=lmbda, fused_head=True)
+        fit(method, tiny_data(), steps=4)
+        weights.append(state(method.student))
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[1])
+    assert (served.prefetch_hits >= 3) == (lmbda == 0)

@@ -90,6 +90,7 @@ def fused_token_distill_loss(
     scale_by_t2: bool = False,
     chunk_tokens: int = 256,
     normalizer: int | Tensor | None = None,
+    weights: Tensor | None = None,
 ) -> tuple[Tensor, int]:
     r"""``token_distill_loss(h @ W.T + b, teacher_logits, mask, ...)`` without forming the logits.
 
@@ -111,7 +112,7 @@ def fused_token_distill_loss(
         teacher_weight: ``[V, Ht]`` teacher head weight, or None (``teacher`` is logits / sparse).
         teacher_bias: ``[V]`` or None.
         mask: bool ``[B, L]``; True = completion token.
-        divergence, temperature, beta, alpha, scale_by_t2, normalizer: as in ``token_distill_loss``.
+        divergence, temperature, beta, alpha, scale_by_t2, normalizer, weights: as in ``token_distill_loss``.
         chunk_tokens: masked tokens whose logits exist at once: memory ``~ 5 * chunk_tokens * V``
             fp32 floats for ``fkl``/``rkl``/``jsd`` (``~ 15 *`` for the others, through autograd);
             time barely depends on it.
@@ -130,14 +131,22 @@ def fused_token_distill_loss(
     hidden, rows = _flat_rows(student_hidden, mask)
     teacher_of = _teacher_source(teacher, teacher_weight, teacher_bias, rows, student_weight.shape[0], mask.numel())
 
+    row_weights = weights.detach().reshape(-1).to(hidden.device).index_select(0, rows) if weights is not None else None
+
     def objective(z_s: Tensor, start: int, stop: int) -> tuple[Tensor, Tensor, Tensor | None]:
+        w = row_weights[start:stop] if row_weights is not None else None
         if divergence in CLOSED_FORM:
             per_token, grad = divergence_and_grad(z_s, teacher_of(start, stop, z_s), divergence=divergence,
                                                   temperature=temperature, beta=beta, need_grad=z_s.requires_grad)
+            if w is not None:
+                per_token = per_token * w.to(per_token)
+                grad = grad.mul_(w.to(grad)[:, None]) if grad is not None else None
             return per_token.sum(), per_token.new_zeros(0), grad
         per_token = per_token_divergence(
             z_s, teacher_of(start, stop, z_s), divergence=divergence, temperature=temperature, beta=beta, alpha=alpha
         )
+        if w is not None:
+            per_token = per_token * w.to(per_token)
         return per_token.sum(), per_token.new_zeros(0), None
 
     loss_sum, _ = _head_sum(hidden, student_weight, student_bias, rows, chunk_tokens, objective)

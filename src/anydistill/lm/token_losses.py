@@ -93,12 +93,13 @@ def token_distill_loss(
     scale_by_t2: bool = False,
     chunk_tokens: int = 4096,
     normalizer: int | Tensor | None = None,
+    weights: Tensor | None = None,
 ) -> tuple[Tensor, int]:
     r"""Sum of a per-token divergence over the masked tokens, and their count.
 
     .. math::
 
-        \text{loss\_sum} = \sum_{(b, l):\, \text{mask}_{b,l}} c_T \, D\big(p_t^{(b,l)}, p_s^{(b,l)}\big),
+        \text{loss\_sum} = \sum_{(b, l):\, \text{mask}_{b,l}} w_{b,l}\, c_T \, D\big(p_t^{(b,l)}, p_s^{(b,l)}\big),
         \qquad c_T = T^2 \text{ if scale\_by\_t2 else } 1
 
     Args:
@@ -116,6 +117,8 @@ def token_distill_loss(
         normalizer: optional global token count; if given, the first value returned is already
             ``normalize(loss_sum, normalizer)`` (a shortcut for single-rank, no-accumulation use
             or a count known in advance).
+        weights: optional ``[B, L]`` per-token weights :math:`w` (detached; 1 when None), e.g.
+            IW-OPD's (`lm.iw_opd`).
 
     Returns:
         ``(loss_sum, num_tokens)``: a 0-dim fp32 tensor (fp64 for fp64 logits), connected to the
@@ -157,6 +160,8 @@ def token_distill_loss(
             )
         else:
             per_token = per_chunk(flat_student, s_rows, t_rows, *teacher_args)
+        if weights is not None:
+            per_token = per_token * weights.detach().reshape(-1).to(per_token)[s_rows]
         loss_sum = loss_sum + per_token.sum()
 
     if scale_by_t2:
@@ -326,6 +331,12 @@ def _skew_kl(log_p: Tensor, log_q: Tensor, alpha: float) -> Tensor:
 
 def _chunk_ce(flat_student: Tensor, s_rows: Tensor, targets: Tensor) -> Tensor:
     return chunk_ce_sum(flat_student.index_select(0, s_rows), targets.index_select(0, s_rows))
+
+
+def token_logprobs(logits: Tensor, tokens: Tensor, temperature: float = 1.0) -> Tensor:
+    """``[B, L]`` :math:`\log \mathrm{softmax}(z / T)[y]` of logits ``[B, L, V]`` at tokens ``[B, L]``, in
+    fp32 (fp64 kept); differentiable in ``logits``."""
+    return F.log_softmax(_upcast(logits) / temperature, dim=-1).gather(-1, tokens.unsqueeze(-1).to(logits.device)).squeeze(-1)
 
 
 def chunk_ce_sum(z_s: Tensor, targets: Tensor) -> Tensor:

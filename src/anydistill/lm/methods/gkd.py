@@ -9,13 +9,16 @@ import torch
 from torch import nn
 
 from anydistill.core.method import DistillationMethod
-from anydistill.core.recipe import Fraction, OptimizerSpec, PositiveFloat, PositiveInt
+from anydistill.core.errors import RecipeError
+from anydistill.core.recipe import Fraction, NonNegativeFloat, OptimizerSpec, PositiveFloat, PositiveInt
 from anydistill.core.space import Uniform
 from anydistill.core.teacher import Teacher
 from anydistill.lm.common import causal_logits, generate, lm_data_problems, lm_validation_step, prepare, step_loss, teacher_logits
 from anydistill.lm.fused_head import fused_token_distill_loss
 from anydistill.lm.head import choose_fused, last_hidden, lm_head, teacher_hidden
-from anydistill.lm.token_losses import token_distill_loss
+from anydistill.lm.iw_opd import iw_opd_weights, opd_advantages, sampled_opd_loss
+from anydistill.lm.served.use import hidden_logits, is_served, pipeline, served_rows, served_vocab, unpipeline
+from anydistill.lm.token_losses import token_distill_loss, token_logprobs
 from anydistill.lm.topk import SparseTeacher
 from anydistill.lm.topk_cache import open_signals, signal_problems
 from anydistill.lm.vocab import output_width
@@ -51,6 +54,17 @@ class GKD(DistillationMethod):
         topk, kl_budget, k_min, k_max, topk_tail, cache_dtype, cache_dir: as in ``lm-kd``: batches
             that keep the data's completions (probability 1 - lmbda) read the teacher's cached
             distributions instead of running it; on-policy batches always run it.
+        token_weighting: ``uniform``, or ``iw-opd``: each completion token's loss times IW-OPD's
+            weight :math:`w_t = 1 + \gamma (1 - F_{t-1})` from the prefix discrepancy of the sampled
+            tokens' log-probabilities at ``temperature`` (`lm.iw_opd`; :math:`\gamma = 0` is uniform).
+        iw_opd_gamma: :math:`\gamma` (the paper's and TRL's 0.5).
+        objective: ``jsd`` (the loss above), or ``opd``: the sampled-token policy gradient of the
+            reverse KL, :math:`-\log q_\theta(y_t)\, w_t (\log p(y_t) - \log q(y_t))` at
+            ``temperature``, which with ``token_weighting: iw-opd`` is IW-OPD's loss (TRL's
+            ``IWOPDTrainer``; needs ``lmbda: 1``).
+
+    Both IW-OPD options need the teacher's full distribution (an in-process teacher, or a served
+    one with ``signal: hidden``) and use the full-logit path.
     """
 
     family = "lm"
@@ -58,6 +72,7 @@ class GKD(DistillationMethod):
     # The paper sweeps the on-policy fraction lambda over [0, 1] and the JSD beta over {0.1, 0.5, 0.9}.
     search_space = {"lmbda": Uniform(0.0, 1.0), "beta": Uniform(0.1, 0.9)}
     data = "on-policy"
+    served_teacher = True
 
     def __init__(
         self,
@@ -77,6 +92,9 @@ class GKD(DistillationMethod):
         topk_tail: bool = True,
         cache_dtype: Literal["float16", "float32"] = "float16",
         cache_dir: str = ".anydistill-cache/lm-topk",
+        token_weighting: Literal["uniform", "iw-opd"] = "uniform",
+        iw_opd_gamma: NonNegativeFloat = 0.5,
+        objective: Literal["jsd", "opd"] = "jsd",
     ):
         super().__init__(student, teacher, optimizer)
         self.lmbda, self.beta, self.temperature = lmbda, beta, temperature
@@ -84,21 +102,34 @@ class GKD(DistillationMethod):
         self.topk, self.kl_budget, self.k_min, self.k_max = topk, kl_budget, k_min, k_max
         self.topk_tail, self.cache_dtype, self.cache_dir = topk_tail, cache_dtype, cache_dir
         self.signals = None  # the teacher cache of the data's completions, loaded in setup
+        self.token_weighting, self.iw_opd_gamma, self.objective = token_weighting, iw_opd_gamma, objective
 
     def setup(self, stage: str) -> None:
         self.vocab = prepare(self)
         data = self.trainer.datamodule
+        served = is_served(self.teacher)
+        if served:
+            self.vocab = served_vocab("gkd", self.teacher, data, self.vocab)
+            if self.lmbda == 0 and stage == "fit":  # with lmbda > 0 a batch's data rows may never be asked for
+                pipeline(self.teacher, data)
         self.prompt_tokens, self.new_tokens = data.prompt_tokens, data.block_size - data.prompt_tokens
         self.eos_id, self.pad_id = data.tokenizer.eos_token_id, data.tokenizer.pad_token_id
-        if self.topk is not None and self.signals is None and self.lmbda < 1:
+        if self.topk is not None and self.signals is None and self.lmbda < 1 and not served:
             self.signals = open_signals("gkd", self.teacher, data, vocab=self.vocab, root=self.cache_dir, topk=self.topk,
                                         tail=self.topk_tail, dtype=self.cache_dtype, kl_budget=self.kl_budget,
                                         k_min=self.k_min, k_max=self.k_max)
         strategy = type(self.trainer.strategy).__name__ if self.trainer is not None else ""
-        models = {"student": self.student, "teacher": self.teacher.model}
+        models = {"student": self.student, **({} if served else {"teacher": self.teacher.model})}
         self.fused, why_not = choose_fused(self.fused_head, models, self.vocab, strategy)
+        if self.fused and self.weighs_tokens:
+            self.fused, why_not = False, "IW-OPD options read the sampled tokens' log-probabilities from full logits"
         if why_not:
             log.info("gkd: fused LM-head loss off, full logits instead (%s)", why_not)
+        self.teacher_head = self.teacher.head() if served and self.teacher.signal == "hidden" else None
+
+    def teardown(self, stage: str) -> None:
+        if is_served(self.teacher) and self.trainer is not None and self.trainer.datamodule is not None:
+            unpipeline(self.trainer.datamodule)
 
     def completions(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, bool]:
         """``(input_ids [B, L], completion_mask [B, L], on_policy)``: the student's samples with
@@ -120,22 +151,52 @@ class GKD(DistillationMethod):
         # The teacher runs before the student's graph exists (see LMKD.training_step: ~1.4x faster on CPU);
         # its one pass of the step, none when the data's completions are read from the cache.
         cached = self.signals.rows(batch["index"], device=ids.device) if self.signals is not None and not on_policy else None
+        if is_served(self.teacher):  # the server's rows of the data (prefetched) or of the samples (asked now)
+            cached = served_rows(self.teacher, batch, *((ids, ones) if on_policy else ()))
+            if isinstance(cached, torch.Tensor) and not self.fused:
+                cached = hidden_logits(cached, self.teacher_head)
         if self.fused:
             jsd_sum, count = self.fused_jsd(ids, ones, mask, cached)
         else:
             target = cached if cached is not None else teacher_logits(self.teacher, ids, ones, self.vocab)
-            logits = causal_logits(self.student, ids, ones)
-            jsd_sum, count = token_distill_loss(logits[..., : self.vocab], target, mask, divergence="jsd", beta=self.beta)
+            logits = causal_logits(self.student, ids, ones)[..., : self.vocab]
+            if self.weighs_tokens:
+                jsd_sum, count = self.iw_opd_loss(logits, target, ids[:, 1:], mask)
+            else:
+                jsd_sum, count = token_distill_loss(logits, target, mask, divergence="jsd", beta=self.beta)
         size = ids.shape[0]
         self.log_train("train/loss", jsd_sum.detach() / max(count, 1), size, prog_bar=True)
         self.log_train("train/on_policy", torch.tensor(float(on_policy)), size)
         return step_loss(self, jsd_sum, count)
 
+    @property
+    def weighs_tokens(self) -> bool:
+        return self.token_weighting == "iw-opd" or self.objective == "opd"
+
+    def iw_opd_loss(self, logits: torch.Tensor, target: torch.Tensor | SparseTeacher, tokens: torch.Tensor,
+                    mask: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """The step's loss sum with IW-OPD's weights and/or objective (`lm.iw_opd`), from the student's
+        logits and the teacher's [B, L-1, V] and the sampled tokens ``tokens`` [B, L-1]."""
+        if not isinstance(target, torch.Tensor):
+            raise RecipeError(["method 'gkd': token_weighting: iw-opd and objective: opd need the teacher's full distribution; "
+                               "use an in-process teacher (no topk cache) or a served teacher with signal: hidden."])
+        student_lp = token_logprobs(logits, tokens, self.temperature)
+        advantages = opd_advantages(token_logprobs(target, tokens, self.temperature), student_lp, mask)
+        weights = iw_opd_weights(advantages, mask, self.iw_opd_gamma) if self.token_weighting == "iw-opd" else torch.ones_like(advantages)
+        size = tokens.shape[0]
+        self.log_train("train/iw_opd_weight", weights[mask].mean() if mask.any() else torch.tensor(1.0), size)
+        self.log_train("train/opd_abs_advantage", advantages[mask].abs().mean() if mask.any() else torch.tensor(0.0), size)
+        if self.objective == "opd":
+            return sampled_opd_loss(student_lp, advantages, weights, mask)
+        return token_distill_loss(logits, target, mask, divergence="jsd", beta=self.beta, weights=weights)
+
     def fused_jsd(self, ids: torch.Tensor, attention: torch.Tensor, mask: torch.Tensor, cached: SparseTeacher | None) -> tuple[torch.Tensor, int]:
         """JSD(beta) from the student's last hidden states and head, against the cached rows or the
         online teacher's hidden states and head, chunk by chunk (`lm.fused_head`)."""
         student = lm_head(self.student, self.vocab)
-        if cached is not None:
+        if isinstance(cached, torch.Tensor):  # a served teacher's hidden states, with its head
+            target, teacher_weight, teacher_bias = cached, self.teacher_head.weight, self.teacher_head.bias
+        elif cached is not None:
             target, teacher_weight, teacher_bias = cached, None, None
         else:
             target = teacher_hidden(self.teacher.model, ids, attention)
@@ -147,6 +208,11 @@ class GKD(DistillationMethod):
         )
 
     validation_step = lm_validation_step
+
+    def recipe_problems(self, *, teacher_shapes, student_shapes, max_epochs: int) -> list[str]:
+        if self.objective == "opd" and self.lmbda != 1:
+            return [f"method 'gkd' with objective: opd is a policy gradient on the student's own samples: set lmbda: 1 (got {self.lmbda})."]
+        return []
 
     def data_problems(self, datamodule: Any, teacher: nn.Module | None) -> list[str]:
         problems = lm_data_problems(self, datamodule, teacher)

@@ -63,13 +63,14 @@ class ServedTeacher:
         vocab_size: the teacher's vocabulary when the server does not say it (vLLM does not).
         token_file: a file holding the bearer token the server requires (``--token-file``), if any.
         timeout: seconds per request; retries, backoff: tries after a failure and the first wait (doubling).
+        prefetch: ask for the next training batch's rows while the student steps (`lm.served.use.pipeline`).
     """
 
     def __init__(self, server: str, *, api: Literal["openai", "binary"] = "binary", model: str | None = None,
                  signal: Literal["topk", "adaptive", "hidden"] = "topk", topk: PositiveInt = 32, kl_budget: PositiveFloat = 1e-3,
                  k_min: PositiveInt = 1, k_max: PositiveInt | None = None, dtype: Literal["float16", "bfloat16", "float32"] = "float16",
                  vocab_size: PositiveInt | None = None, token_file: str | None = None, timeout: PositiveFloat = 120.0,
-                 retries: NonNegativeInt = 4, backoff: PositiveFloat = 0.5):
+                 retries: NonNegativeInt = 4, backoff: PositiveFloat = 0.5, prefetch: bool = True):
         try:
             import httpx
         except ImportError:
@@ -77,7 +78,7 @@ class ServedTeacher:
 
         self.url, self.api, self.model_name, self.signal = server.rstrip("/"), api, model, signal
         self.topk, self.kl_budget, self.k_min, self.k_max, self.dtype = topk, kl_budget, k_min, k_max, dtype
-        self.vocab_size, self.retries, self.backoff = vocab_size, retries, backoff
+        self.vocab_size, self.retries, self.backoff, self.prefetch_enabled = vocab_size, retries, backoff, prefetch
         token = read_token(token_file) if token_file else None
         headers = {"authorization": f"Bearer {token}"} if token else {}
         self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
@@ -89,6 +90,7 @@ class ServedTeacher:
         self._head: Head | None = None
         self._pool: ThreadPoolExecutor | None = None
         self.prefetched = self.prefetch_hits = 0  # requests sent ahead, and those a step used
+        self.received_bytes = self.served_rows = 0  # answer bodies of `rows`, and the logits rows they held
         self._pending: OrderedDict[Any, Future] = OrderedDict()  # batch key -> its request in flight
 
     # -- connection -----------------------------------------------------------------------------
@@ -178,7 +180,10 @@ class ServedTeacher:
                    "hidden": {"dtype": self.dtype}}[self.signal]
         body = signal_request_body(input_ids, attention_mask, self.signal, self.model_name, **options)
         keys = {"topk": ("logprobs", "indices"), "adaptive": ("logprobs", "indices", "tail", "offsets"), "hidden": ("hidden",)}[self.signal]
-        tensors, fingerprint = self._decode(self._request("POST", SIGNALS_PATH, json=body).content, keys)
+        content = self._request("POST", SIGNALS_PATH, json=body).content
+        self.received_bytes += len(content)
+        self.served_rows += input_ids.shape[0] * (input_ids.shape[1] - 1)
+        tensors, _ = self._decode(content, keys)
         if self.signal == "hidden":
             return tensors["hidden"].reshape(input_ids.shape[0], input_ids.shape[1] - 1, -1)
         if self.signal == "adaptive":
@@ -214,7 +219,10 @@ class ServedTeacher:
             prompts.append([row[t] for t in where])
             positions.append(where)
         body = {"model": self.model_name, "prompt": prompts, "max_tokens": 1, "temperature": 0.0, "prompt_logprobs": self.topk}
-        choices = sorted(self._request("POST", COMPLETIONS_PATH, json=body).json().get("choices") or [], key=lambda c: c.get("index", 0))
+        response = self._request("POST", COMPLETIONS_PATH, json=body)
+        self.received_bytes += len(response.content)
+        self.served_rows += batch * (width - 1)
+        choices = sorted(response.json().get("choices") or [], key=lambda c: c.get("index", 0))
         if len(choices) != batch:
             raise ServerError(f"teacher server {self.url} answered {len(choices)} choices for {batch} prompts.")
         logprobs = torch.zeros(batch * (width - 1), self.topk, dtype=torch.float32)

@@ -19,13 +19,27 @@ def is_served(teacher: Any) -> bool:
     return isinstance(teacher, ServedTeacher)
 
 
+def served_problems(server: str, vocab_size: int | None, max_model_len: int | None, datamodule: Any) -> list[str]:
+    """A served teacher against the set-up text data, one line each: it must score every id of the
+    tokenizer (``vocab_size`` logits) and hold a whole block (``max_model_len`` positions)."""
+    problems = []
+    if not hasattr(datamodule, "tokenizer"):
+        return ["a served teacher needs a text data module with a tokenizer (e.g. data: {name: shakespeare})."]
+    if vocab_size is not None and vocab_size < len(datamodule.tokenizer):
+        problems.append(f"the teacher server {server} has {vocab_size} logits, fewer than the tokenizer's {len(datamodule.tokenizer)} ids: "
+                        "serve a teacher of the student's tokenizer (or fix teacher.vocab_size).")
+    if max_model_len is not None and max_model_len < datamodule.block_size:
+        problems.append(f"the teacher server {server} holds {max_model_len} positions but data.block_size is {datamodule.block_size}: "
+                        f"set data.block_size <= {max_model_len}.")
+    return problems
+
+
 def served_vocab(who: str, teacher: Any, datamodule: Any, student_vocab: int) -> int:
-    """The vocabulary shared with a served teacher: the student's (already checked against the
-    tokenizer) cut to the server's; a server narrower than the tokenizer cannot be the same model family."""
-    tokenizer_size = len(datamodule.tokenizer)
-    if teacher.vocab_size < tokenizer_size:
-        raise RecipeError([f"method '{who}': the teacher server {teacher.url} has {teacher.vocab_size} logits, fewer than the tokenizer's "
-                           f"{tokenizer_size} ids: serve a teacher of the student's tokenizer (or fix teacher.vocab_size)."])
+    """The vocabulary shared with a served teacher (the student's, already checked against the
+    tokenizer, cut to the server's), after `served_problems` (again: the server may have changed)."""
+    problems = served_problems(teacher.url, teacher.vocab_size, teacher.card.get("max_model_len"), datamodule)
+    if problems:
+        raise RecipeError([f"method '{who}': {p}" for p in problems])
     return min(student_vocab, teacher.vocab_size)
 
 
@@ -33,15 +47,26 @@ def _key(batch: dict[str, Tensor]) -> tuple[int, ...]:
     return tuple(batch["index"].tolist())
 
 
-def served_rows(teacher: Any, batch: dict[str, Tensor]) -> SparseTeacher | Tensor:
-    """The batch's rows from the server (the prefetched answer when `pipeline` asked for it), on the
+def served_rows(teacher: Any, batch: dict[str, Tensor], input_ids: Tensor | None = None,
+                attention_mask: Tensor | None = None) -> SparseTeacher | Tensor:
+    """The teacher's rows for the data ``batch`` (the prefetched answer when `pipeline` asked for it),
+    or for other sequences ``input_ids``/``attention_mask`` (a student's samples: asked now), on the
     batch's device: a `SparseTeacher` of ``B * (L - 1)`` rows or hidden states ``[B, L - 1, H]``."""
-    rows = teacher.rows_for(_key(batch), batch["input_ids"], batch.get("attention_mask"))
+    if input_ids is None:
+        rows = teacher.rows_for(_key(batch), batch["input_ids"], batch.get("attention_mask"))
+    else:
+        rows = teacher.rows(input_ids, attention_mask)
     device = batch["input_ids"].device
     if isinstance(rows, Tensor):
         return rows.to(device)
     return SparseTeacher(rows.logprobs.to(device), rows.indices.to(device),
                          None if rows.tail_logprob is None else rows.tail_logprob.to(device))
+
+
+def hidden_logits(hidden: Tensor, head: Any) -> Tensor:
+    """``[..., V]`` logits of served hidden states ``[..., H]`` through the teacher's head (no graph)."""
+    with torch.no_grad():
+        return torch.nn.functional.linear(hidden, head.weight.to(hidden), None if head.bias is None else head.bias.to(hidden))
 
 
 def pipeline(teacher: Any, datamodule: Any) -> None:
@@ -54,7 +79,7 @@ def pipeline(teacher: Any, datamodule: Any) -> None:
     it in this process as it makes each batch. With worker processes the requests are sent when the
     step asks for them, unpipelined.
     """
-    if "train_dataloader" in vars(datamodule):  # already wrapped (a resumed fit calls setup again)
+    if "train_dataloader" in vars(datamodule) or not teacher.prefetch_enabled:  # already wrapped (setup again), or asked not to
         return
     make_loader = datamodule.train_dataloader
 
