@@ -64,3 +64,22 @@ def test_gkd_from_served_hidden_states_trains_exactly_as_in_process(teacher, url
         weights.append(state(method.student))
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[1])
     assert (served.prefetch_hits >= 3) == (lmbda == 0)
+
+
+def test_each_request_is_in_flight_while_the_previous_step_runs(teacher, url) -> None:
+    import lightning as L
+
+    served = ServedTeacher(url, signal="hidden", dtype="float32")
+    served.connect()
+    events: list[str] = []
+    prefetch = served.prefetch
+    served.prefetch = lambda key, *args: (events.append("ask"), prefetch(key, *args))
+
+    class StepEnds(L.Callback):
+        def on_train_batch_end(self, *args) -> None:
+            events.append("end")
+
+    fit(LMKD(tiny_lm(0), served, OPTIMIZER, fused_head=True), tiny_data(), steps=4, callbacks=[StepEnds()])
+    # Batch n + 1 is asked for before step n ends: ask 0, ask 1, end 0, ask 2, end 1, ...
+    assert events[:5] == ["ask", "ask", "end", "ask", "end"], events
+    assert served.prefetch_hits == events.count("end")

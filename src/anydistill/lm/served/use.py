@@ -70,33 +70,45 @@ def hidden_logits(hidden: Tensor, head: Any) -> Tensor:
 
 
 def pipeline(teacher: Any, datamodule: Any) -> None:
-    """Send each training batch's request as soon as the data module's loader has made the batch.
+    """Have each training batch's rows asked for one batch ahead, while the student steps on the
+    batch before it.
 
-    Lightning fetches one batch ahead of the step that uses it, so the request for batch n + 1 is in
-    flight while the student steps on batch n. Done by wrapping the ``collate_fn`` of the loaders
-    that ``datamodule.train_dataloader()`` returns from now on (call it in the method's ``setup``,
-    before Lightning asks for the loader; `unpipeline` in ``teardown``): a single-process loader calls
-    it in this process as it makes each batch. With worker processes the requests are sent when the
-    step asks for them, unpipelined.
+    Lightning does not read ahead from a loader that has a length, so ``datamodule.train_dataloader()``
+    is wrapped (from now on; call it in the method's ``setup``, before Lightning asks for the loader,
+    and `unpipeline` in ``teardown``) into a `LookaheadLoader`, which makes batch n + 1 and sends its
+    request before it hands over batch n.
     """
     if "train_dataloader" in vars(datamodule) or not teacher.prefetch_enabled:  # already wrapped (setup again), or asked not to
         return
     make_loader = datamodule.train_dataloader
+    datamodule.train_dataloader = lambda: LookaheadLoader(make_loader(), teacher)
 
-    def train_dataloader() -> Any:
-        loader = make_loader()
-        if isinstance(loader, torch.utils.data.DataLoader) and loader.num_workers == 0:
-            collate = loader.collate_fn
 
-            def collate_and_ask(rows: Any) -> Any:
-                batch = collate(rows)
-                teacher.prefetch(_key(batch), batch["input_ids"], batch.get("attention_mask"))
-                return batch
+class LookaheadLoader:
+    """Iterates ``loader`` one batch ahead: each batch's request to the served ``teacher`` is sent as
+    soon as the batch is made, before the previous batch is handed over. Everything else (length,
+    sampler, dataset: what Lightning reads) is the wrapped loader's."""
 
-            loader.collate_fn = collate_and_ask
-        return loader
+    def __init__(self, loader: Any, teacher: Any):
+        self.loader, self.teacher = loader, teacher
 
-    datamodule.train_dataloader = train_dataloader
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.loader, name)
+
+    def __iter__(self) -> Any:
+        batches = iter(self.loader)
+        ahead = self._ask(next(batches, None))
+        while ahead is not None:
+            current, ahead = ahead, self._ask(next(batches, None))
+            yield current
+
+    def _ask(self, batch: Any) -> Any:
+        if batch is not None:
+            self.teacher.prefetch(_key(batch), batch["input_ids"], batch.get("attention_mask"))
+        return batch
 
 
 def unpipeline(datamodule: Any) -> None:
