@@ -17,7 +17,8 @@ Configurations, each (configuration, repeat) a fresh child process, interleaved 
   binary adaptive        adaptive-k rows (KL budget 1e-3), pipelined
   binary hidden          last hidden states (fp16, H = 128) for the fused head, pipelined
 Served runs give the trainer 1 thread and the server 1 (the machine's 2 cores split); the in-process
-2-thread run has both cores for one process. Tokens/s = batch x (block - 1) / median step time after
+2-thread run has both cores for one process; one more served run gives both processes 2 threads
+(a second server, started with 2 threads). Tokens/s = batch x (block - 1) / median step time after
 WARMUP steps (Lightning's batch start to batch end: the server's answer, when not in flight, is waited
 for inside the step). Ratios are taken within a repeat; mean ± std over repeats. Bytes per token: the
 answers' bodies over the logits rows they carry (HTTP headers excluded).
@@ -40,10 +41,11 @@ import time
 from pathlib import Path
 
 STEPS, WARMUP, REPEATS = 40, 5, 3
-CONFIGS = {  # label -> (trainer threads, teacher settings or None for in-process)
+CONFIGS = {  # label -> (trainer threads, teacher settings or None for in-process); "server": its threads (default 1)
     "in-process 2 threads": (2, None),
     "in-process 1 thread": (1, None),
     "binary top-k": (1, {"signal": "topk", "topk": 32}),
+    "binary top-k, server 2 threads, trainer 2": (2, {"signal": "topk", "topk": 32, "server": 2}),
     "binary top-k, no pipe": (1, {"signal": "topk", "topk": 32, "prefetch": False}),
     "openai top-k": (1, {"api": "openai", "topk": 32, "vocab_size": 96}),
     "binary adaptive": (1, {"signal": "adaptive", "kl_budget": 1e-3}),
@@ -52,7 +54,7 @@ CONFIGS = {  # label -> (trainer threads, teacher settings or None for in-proces
 GOAL = ("binary top-k", "in-process 2 threads", 0.9)
 
 
-def child(label: str, url: str, steps: int) -> dict:
+def child(label: str, urls: dict, steps: int) -> dict:
     import lightning as L
     import lm_common as c
     import torch
@@ -72,6 +74,9 @@ def child(label: str, url: str, steps: int) -> dict:
             times.append(time.perf_counter() - self.began)
 
     data = c.data(train_limit=steps * c.DATA["batch_size"])
+    if settings is not None:
+        settings = dict(settings)
+        url = urls[str(settings.pop("server", 1))]
     teacher = c.teacher() if settings is None else ServedTeacher(url, **settings)
     if settings is not None:
         teacher.connect()
@@ -92,11 +97,11 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_server(folder: Path) -> tuple[subprocess.Popen, str]:
+def start_server(folder: Path, threads: int) -> tuple[subprocess.Popen, str]:
     import httpx
 
     port = free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1"}
     server = subprocess.Popen([sys.executable, "-m", "anydistill.cli", "serve-teacher", str(folder), "--port", str(port), "--name", "teacher"],
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
@@ -111,10 +116,35 @@ def start_server(folder: Path) -> tuple[subprocess.Popen, str]:
             time.sleep(0.2)
 
 
-def spawn(label: str, url: str, steps: int) -> dict:
+def warm_up(url: str, requests: int = 10) -> float:
+    """A few requests of every kind before the first measured child: the long-lived server's one-off
+    costs (first allocations, first calls) are not charged to whichever configuration runs first.
+    (The first full run had no warm-up; its first binary top-k child ran at 0.60x, the next two at 0.89x
+    and 0.92x.) Returns the server's own capacity: rows per second of back-to-back top-k requests of a
+    training batch (its teacher forward plus the protocol, nothing to overlap with)."""
+    import lm_common as c
+
+    from anydistill.lm.served.client import ServedTeacher
+
+    ids, mask = c.data(train_limit=c.DATA["batch_size"]).split("train")
+    for settings in (s for _, s in CONFIGS.values() if s is not None):
+        client = ServedTeacher(url, **{k: v for k, v in settings.items() if k not in ("prefetch", "server")})
+        client.connect()
+        for _ in range(requests):
+            client.rows(ids, mask)
+        client.close()
+    client = ServedTeacher(url, signal="topk", topk=32)
+    client.connect()
+    began = time.perf_counter()
+    for _ in range(requests):
+        client.rows(ids, mask)
+    return requests * ids.shape[0] * (ids.shape[1] - 1) / (time.perf_counter() - began)
+
+
+def spawn(label: str, urls: dict, steps: int) -> dict:
     threads = CONFIGS[label][0]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
-    done = subprocess.run([sys.executable, __file__, "--child", label, url, str(steps)], env=env, capture_output=True, text=True,
+    done = subprocess.run([sys.executable, __file__, "--child", label, json.dumps(urls), str(steps)], env=env, capture_output=True, text=True,
                           timeout=1200, check=False)
     if done.returncode != 0:
         raise SystemExit(f"{label} failed:\n{done.stderr[-4000:]}")
@@ -131,19 +161,22 @@ def main() -> None:
     began = time.perf_counter()
     folder = Path(tempfile.mkdtemp(prefix="served-teacher-")) / "teacher"
     c.teacher().model.save_pretrained(folder)
-    server, url = start_server(folder)
+    servers = {threads: start_server(folder, threads) for threads in (1, 2)}
+    urls = {str(threads): url for threads, (_, url) in servers.items()}
     runs: dict[str, list[dict]] = {label: [] for label in CONFIGS}
     try:
+        capacity = {threads: warm_up(url) for threads, url in urls.items()}
         for repeat in range(repeats):
             for label in CONFIGS:
-                found = spawn(label, url, steps)
+                found = spawn(label, urls, steps)
                 found["tokens_per_s"] = found["tokens_per_step"] / statistics.median(found["step_seconds"][warmup:])
                 runs[label].append(found)
                 print(repeat, label, f"{found['tokens_per_s']:,.0f} tokens/s",
                       f"{found.get('bytes_per_token', 0):.1f} B/token" if "bytes_per_token" in found else "", flush=True)
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        for server, _ in servers.values():
+            server.terminate()
+            server.wait(timeout=30)
     ratio = lambda label, base: [a["tokens_per_s"] / b["tokens_per_s"] for a, b in zip(runs[label], runs[base])]  # noqa: E731
     rows = ["| configuration | trainer threads | tokens/s | / in-process 2 threads | / in-process 1 thread | bytes per token |",
             "|---|---:|---:|---:|---:|---:|"]
@@ -165,15 +198,19 @@ def main() -> None:
         *rows, "",
         f"Goal (fixed before the run): {GOAL[0]} >= {GOAL[2]}x {GOAL[1]} tokens/s: {goal:.3f}, "
         f"**{'met' if goal >= GOAL[2] else 'NOT met'}**.", "",
-        f"Steps whose rows were already asked for (pipelining), per repeat: {json.dumps(hits)} (of {steps}).", ""])
+        f"Steps whose rows were already asked for (pipelining), per repeat: {json.dumps(hits)} (of {steps}).", "",
+        "The server's own capacity (back-to-back top-k requests of one training batch after the warm-up, nothing to overlap): "
+        + ", ".join(f"{capacity[t]:,.0f} rows/s with {t} thread{'s' if t != '1' else ''}" for t in capacity)
+        + ". A pipelined served run cannot train faster than its server answers.", ""])
     print(markdown)
     if not args.smoke:
-        c.write_results("lm_served_teacher", {"command": command, "steps": steps, "warmup": warmup, "runs": runs}, markdown)
+        c.write_results("lm_served_teacher", {"command": command, "steps": steps, "warmup": warmup, "server_capacity_rows_per_s": capacity,
+                                              "runs": runs}, markdown)
 
 
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).parent))
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        print(json.dumps(child(sys.argv[2], sys.argv[3], int(sys.argv[4]))))
+        print(json.dumps(child(sys.argv[2], json.loads(sys.argv[3]), int(sys.argv[4]))))
     else:
         main()

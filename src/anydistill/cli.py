@@ -105,7 +105,8 @@ def command_methods(args: argparse.Namespace) -> int:
         except LookupError as error:  # an installed plugin that fails to import: list the rest, name it
             broken.append(str(error))
             continue
-        rows.append({"name": name, "family": cls.family, "paper": cls.paper, "data": cls.data})
+        rows.append({"name": name, "family": cls.family, "paper": cls.paper, "data": cls.data,
+                     "served_teacher": cls.served_teacher, "parameters": _parameters(cls)})
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
@@ -114,6 +115,41 @@ def command_methods(args: argparse.Namespace) -> int:
     if broken:
         raise AnydistillError("\n".join(broken))
     return 0
+
+
+def _parameters(cls: type) -> dict[str, dict[str, str]]:
+    """A method's recipe parameters for ``methods --json``: name -> {type, default}."""
+    from anydistill.catalog import METHOD_INJECTED
+    from anydistill.core.recipe import parameters_of
+
+    try:
+        fields = parameters_of(cls, METHOD_INJECTED)
+    except (TypeError, ValueError, NameError):
+        return {}
+    return {name: {"type": _type_name(annotation), **({} if default is ... else {"default": repr(default)})}
+            for name, (annotation, default) in fields.items()}
+
+
+def _type_name(annotation: object) -> str:
+    """``float >= 0`` for ``Annotated[float, Field(ge=0)]``; the plain name otherwise."""
+    import typing
+
+    if typing.get_origin(annotation) is typing.Annotated:
+        base, *extras = typing.get_args(annotation)
+        bounds = [f"{symbol} {getattr(item, key)}" for extra in extras for item in getattr(extra, "metadata", [extra])
+                  for key, symbol in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")) if hasattr(item, key)]
+        return " ".join([_type_name(base), ", ".join(bounds)]).strip()
+    import types
+
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(arg) for arg in args)
+    if origin is typing.Literal:
+        return " | ".join(repr(arg) for arg in args)
+    if annotation is type(None):
+        return "none"
+    name = getattr(annotation, "__name__", None)
+    return name if name and not args else str(annotation).replace("typing.", "")
 
 
 def command_recipes(args: argparse.Namespace) -> int:
@@ -248,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate.set_defaults(handler=command_validate)
 
     methods = commands.add_parser("methods", help="list the registered methods")
-    methods.add_argument("--json", action="store_true", help="a JSON list of {name, family, paper, data}")
+    methods.add_argument("--json", action="store_true", help="a JSON list of {name, family, paper, data, served_teacher, parameters}")
     methods.set_defaults(handler=command_methods)
 
     recipes = commands.add_parser("recipes", help="list the recipes shipped with anydistill")

@@ -75,7 +75,7 @@ class SignalRequest:
 def signal_request_body(input_ids: Tensor, attention_mask: Tensor | None, signal: str, model: str, **options: Any) -> dict:
     """The JSON body of a binary request for the batch ``input_ids`` ``[B, L]`` (mask all ones if None)."""
     mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
-    return {"model": model, "input_ids": input_ids.tolist(), "attention_mask": mask.tolist(), "signal": signal, **options}
+    return {"model": model, "input_ids": input_ids.tolist(), "attention_mask": mask.long().tolist(), "signal": signal, **options}
 
 
 def _int_rows(value: Any, name: str) -> list[list[int]]:
