@@ -145,7 +145,7 @@ def _architecture_mismatch(label: str, name: str, teacher: Any, student: Any) ->
 
 def _check_method(
     label: str, component: Component, teacher: Any, student: Any, input_shape: tuple[int, ...], max_epochs: int,
-    datamodule: Callable[[], Any], problems: list[str], data_findings: dict[str, list[str]],
+    datamodule: Callable[[], Any], problems: list[str], data_findings: dict[str, list[str]], served: Any = None,
 ) -> None:
     """Build the method (constructors only store hyperparameters), check that its module paths
     exist, run the models once on zeros and let the method check the shapes it will see and, when
@@ -153,7 +153,9 @@ def _check_method(
     problems go to ``data_findings`` (problem -> labels): several methods often share one."""
     target = component.target
     try:
-        method = target(student=teacher if target.trains == "teacher" else student, teacher=None, **component.kwargs)
+        # A served teacher (not connected: nothing is asked of it here) lets the method check its settings against one.
+        method = target(student=teacher if target.trains == "teacher" else student,
+                        teacher=served if target.served_teacher else None, **component.kwargs)
     except (ValueError, TypeError) as error:
         problems.append(f"methods.{label}: {error}")
         return
@@ -343,9 +345,12 @@ def load_recipe(path_or_name: str | dict[str, Any], overrides: list[str] = (), *
                     problems.append(f"cache.features: {error}")
 
             data_findings: dict[str, list[str]] = {}
+            served_teacher = _served_teacher(served)
             for label, component in methods.items():
                 _check_method(label, component, teacher_model, student_model, input_shape, component.max_epochs or parsed.trainer.max_epochs, set_up_data,
-                              problems, data_findings)
+                              problems, data_findings, served_teacher)
+            if served_teacher is not None:
+                served_teacher.close()
             problems += [f"methods.{', '.join(labels)}: {problem}" for problem, labels in data_findings.items()]
             if served is not None:
                 from anydistill.lm.served.use import served_problems
@@ -374,6 +379,15 @@ def load_recipe(path_or_name: str | dict[str, Any], overrides: list[str] = (), *
         source, parsed.name, parsed.seed, data, student, teacher, checkpoint, parsed.trainer, parsed.optimizer, parsed.cache,
         evaluation, methods, resolved, served,
     )
+
+
+def _served_teacher(settings: dict[str, Any] | None) -> Any:
+    """An unconnected `ServedTeacher` of the recipe's settings, or None."""
+    if settings is None:
+        return None
+    from anydistill.lm.served.client import ServedTeacher
+
+    return ServedTeacher(**settings)
 
 
 def served_teacher_settings(section: dict[str, Any], problems: list[str]) -> tuple[dict[str, Any] | None, dict[str, Any]]:

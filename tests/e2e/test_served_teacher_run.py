@@ -104,6 +104,16 @@ def test_a_teacher_shorter_than_the_blocks_is_refused_in_one_line(tmp_path) -> N
     assert result.returncode == 2 and len(lines) == 1 and "16 positions" in lines[0], result.stderr[-2000:]
 
 
+def test_a_served_teacher_with_a_cache_setting_is_refused_before_anything_is_written(tmp_path) -> None:
+    with running(service(teacher_folder(tmp_path / "teacher"))) as url:
+        write(tmp_path, url)
+        (tmp_path / "r.yaml").write_text((tmp_path / "r.yaml").read_text().replace("lm-kd: {}", "lm-kd: {topk: 8}"))
+        result = anydistill("run", "r.yaml", cwd=tmp_path)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and "takes the signal it sends" in lines[0], result.stderr[-2000:]
+    assert not (tmp_path / "runs").exists()
+
+
 def test_an_unreachable_server_is_one_line_and_nothing_is_written(tmp_path) -> None:
     write(tmp_path, "http://127.0.0.1:9")
     result = anydistill("run", "r.yaml", cwd=tmp_path)
