@@ -83,3 +83,11 @@ def test_each_request_is_in_flight_while_the_previous_step_runs(teacher, url) ->
     # Batch n + 1 is asked for before step n ends: ask 0, ask 1, end 0, ask 2, end 1, ...
     assert events[:5] == ["ask", "ask", "end", "ask", "end"], events
     assert served.prefetch_hits == events.count("end")
+
+
+def test_served_fp16_hidden_states_train_on_the_fused_and_unfused_paths(url) -> None:
+    """The default fp16 rows arrive in the head's dtype (fp32 here), as the hidden cache's do."""
+    for fused in (True, False):
+        served = ServedTeacher(url, signal="hidden")
+        served.connect()
+        assert all(torch.isfinite(v).all() for v in trained(served, fused_head=fused).values())

@@ -161,9 +161,7 @@ class LMKD(DistillationMethod):
             hidden = self.signals.rows(batch["index"], device=batch["input_ids"].device)
             if self.fused:
                 return hidden
-            head = self.signals.head
-            with torch.no_grad():
-                return torch.nn.functional.linear(hidden, head.weight.to(hidden.device), None if head.bias is None else head.bias.to(hidden.device))
+            return hidden_logits(hidden, self.signals.head)
         if self.signals is not None:
             return self.signals.rows(batch["index"], device=batch["input_ids"].device)
         if self.fused:

@@ -172,7 +172,7 @@ class ServedTeacher:
 
     def rows(self, input_ids: Tensor, attention_mask: Tensor | None) -> SparseTeacher | Tensor:
         """The batch's teacher signal: a `SparseTeacher` of ``B * (L - 1)`` rows (``topk``,
-        ``adaptive``) or hidden states ``[B, L - 1, H]`` (``hidden``), on the CPU."""
+        ``adaptive``) or hidden states ``[B, L - 1, H]`` in the head's dtype (``hidden``), on the CPU."""
         if self.api == "openai":
             return self._openai_topk(input_ids, attention_mask)
         options = {"topk": {"k": self.topk, "dtype": self.dtype},
@@ -184,8 +184,8 @@ class ServedTeacher:
         self.received_bytes += len(content)
         self.served_rows += input_ids.shape[0] * (input_ids.shape[1] - 1)
         tensors, _ = self._decode(content, keys)
-        if self.signal == "hidden":
-            return tensors["hidden"].reshape(input_ids.shape[0], input_ids.shape[1] - 1, -1)
+        if self.signal == "hidden":  # in the head's dtype, ready for hidden @ W.T + b (as the hidden cache's rows)
+            return tensors["hidden"].reshape(input_ids.shape[0], input_ids.shape[1] - 1, -1).to(self.head().weight.dtype)
         if self.signal == "adaptive":
             ragged = RaggedTeacher(tensors["logprobs"], tensors["indices"], tensors["tail"], tensors["offsets"])
             return ragged.padded(torch.arange(ragged.num_tokens), self.vocab_size)

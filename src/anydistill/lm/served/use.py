@@ -64,9 +64,11 @@ def served_rows(teacher: Any, batch: dict[str, Tensor], input_ids: Tensor | None
 
 
 def hidden_logits(hidden: Tensor, head: Any) -> Tensor:
-    """``[..., V]`` logits of served hidden states ``[..., H]`` through the teacher's head (no graph)."""
+    """``[..., V]`` logits of a teacher's hidden states ``[..., H]`` (cached or served, in the head's
+    dtype) through its head (no graph), on the hidden states' device."""
+    bias = None if head.bias is None else head.bias.to(hidden.device)
     with torch.no_grad():
-        return torch.nn.functional.linear(hidden, head.weight.to(hidden), None if head.bias is None else head.bias.to(hidden))
+        return torch.nn.functional.linear(hidden, head.weight.to(hidden.device), bias)
 
 
 def pipeline(teacher: Any, datamodule: Any) -> None:
