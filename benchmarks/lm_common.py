@@ -46,6 +46,19 @@ def data(**overrides) -> ShakespeareData:
     return module
 
 
+class StepClock(L.Callback):
+    """Each training step's wall time in ``seconds``, from Lightning's batch start to batch end."""
+
+    def __init__(self):
+        self.seconds: list[float] = []
+
+    def on_train_batch_start(self, *args):
+        self.began = time.perf_counter()
+
+    def on_train_batch_end(self, *args):
+        self.seconds.append(time.perf_counter() - self.began)
+
+
 def fit(method, datamodule, steps: int) -> float:
     """Train ``method`` for ``steps`` optimizer steps; returns the wall time in seconds."""
     trainer = L.Trainer(max_steps=steps, max_epochs=-1, accelerator="cpu", logger=False, enable_checkpointing=False,

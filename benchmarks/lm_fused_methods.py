@@ -20,7 +20,6 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 
 import lm_common as c
 
@@ -61,21 +60,13 @@ def child(method_name: str, vocab: int, fused: bool) -> dict:
             self.splits = {name: (ids, mask) for name in ("train", "val", "test")}
 
     data = WideVocab(block_size=BLOCK, prompt_tokens=1, batch_size=BATCH, shuffle=False, train_limit=BATCH * STEPS, eval_limit=BATCH)
-    times: list[float] = []
-
-    class Clock(L.Callback):
-        def on_train_batch_start(self, *args):
-            self.began = time.perf_counter()
-
-        def on_train_batch_end(self, *args):
-            times.append(time.perf_counter() - self.began)
-
+    clock = c.StepClock()
     trainer = L.Trainer(max_steps=STEPS, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, use_distributed_sampler=False,
-                        callbacks=[Clock()])
+                        callbacks=[clock])
     trainer.fit(method, datamodule=data)
     assert method.fused == fused, "the configuration did not take the path it names"
-    return {"peak_mib": peak_rss_mib(), "step_seconds": statistics.median(times[1:])}
+    return {"peak_mib": peak_rss_mib(), "step_seconds": statistics.median(clock.seconds[1:])}
 
 
 def main() -> None:

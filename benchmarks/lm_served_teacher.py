@@ -64,15 +64,7 @@ def child(label: str, urls: dict, steps: int) -> dict:
 
     threads, settings = CONFIGS[label]
     torch.set_num_threads(threads)
-    times: list[float] = []
-
-    class Clock(L.Callback):
-        def on_train_batch_start(self, *args):
-            self.began = time.perf_counter()
-
-        def on_train_batch_end(self, *args):
-            times.append(time.perf_counter() - self.began)
-
+    clock = c.StepClock()
     data = c.data(train_limit=steps * c.DATA["batch_size"])
     if settings is not None:
         settings = dict(settings)
@@ -83,9 +75,9 @@ def child(label: str, urls: dict, steps: int) -> dict:
     method = LMKD(c.student(0), teacher, c.OPTIMIZER, divergence="fkl", alpha=0.5)
     trainer = L.Trainer(max_steps=steps, max_epochs=-1, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
-                        use_distributed_sampler=False, callbacks=[Clock()])
+                        use_distributed_sampler=False, callbacks=[clock])
     trainer.fit(method, datamodule=data)
-    found = {"label": label, "step_seconds": times, "tokens_per_step": c.DATA["batch_size"] * (c.DATA["block_size"] - 1)}
+    found = {"label": label, "step_seconds": clock.seconds, "tokens_per_step": c.DATA["batch_size"] * (c.DATA["block_size"] - 1)}
     if settings is not None:
         found.update(bytes_per_token=teacher.received_bytes / max(teacher.served_rows, 1), prefetch_hits=teacher.prefetch_hits)
     return found
