@@ -34,6 +34,8 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import Tensor
 
+from anydistill.core.checks import is_finite_number, is_int
+
 FINGERPRINT_HEADER = "x-anydistill-fingerprint"
 SIGNALS_PATH = "/anydistill/v1/signals"
 HEAD_PATH = "/anydistill/v1/head"
@@ -81,7 +83,7 @@ def signal_request_body(input_ids: Tensor, attention_mask: Tensor | None, signal
 def _int_rows(value: Any, name: str) -> list[list[int]]:
     if not (isinstance(value, list) and value and all(isinstance(row, list) and row for row in value)):
         raise ProtocolError(f"'{name}' must be a non-empty list of non-empty lists of token ids.")
-    if not all(isinstance(x, int) and not isinstance(x, bool) for row in value for x in row):
+    if not all(is_int(x) for row in value for x in row):
         raise ProtocolError(f"'{name}' must hold integers only.")
     return value
 
@@ -113,18 +115,14 @@ def parse_signal_request(body: Any, *, model: str, vocab: int, max_tokens: int, 
 
 
 def _check_options(request: SignalRequest, vocab: int) -> None:
-    def whole(value: Any) -> bool:
-        return isinstance(value, int) and not isinstance(value, bool)
-
-    if not (whole(request.k) and 1 <= request.k <= vocab):
+    if not (is_int(request.k) and 1 <= request.k <= vocab):
         raise ProtocolError(f"'k' must be an integer in [1, {vocab}]; got {request.k!r}.")
     if not isinstance(request.tail, bool):
         raise ProtocolError(f"'tail' must be true or false; got {request.tail!r}.")
-    if not (isinstance(request.kl_budget, int | float) and not isinstance(request.kl_budget, bool)
-            and math.isfinite(request.kl_budget) and request.kl_budget > 0):
+    if not (is_finite_number(request.kl_budget) and request.kl_budget > 0):
         raise ProtocolError(f"'kl_budget' must be a number > 0; got {request.kl_budget!r}.")
     k_max = vocab if request.k_max is None else request.k_max
-    if not (whole(request.k_min) and whole(k_max) and 1 <= request.k_min <= k_max <= vocab):
+    if not (is_int(request.k_min) and is_int(k_max) and 1 <= request.k_min <= k_max <= vocab):
         raise ProtocolError(f"'k_min' and 'k_max' must be integers with 1 <= k_min <= k_max <= {vocab}.")
     if request.dtype not in DTYPES:
         raise ProtocolError(f"'dtype' must be one of {', '.join(DTYPES)}; got {request.dtype!r}.")
@@ -156,7 +154,7 @@ def parse_completion_request(body: Any, *, model: str, vocab: int, max_tokens: i
         raise ProtocolError("the request body must be a JSON object.")
     _check_model(body.get("model"), model)
     prompt = body.get("prompt")
-    prompts = [prompt] if isinstance(prompt, list) and prompt and all(isinstance(x, int) for x in prompt) else prompt
+    prompts = [prompt] if isinstance(prompt, list) and prompt and all(is_int(x) for x in prompt) else prompt
     prompts = _int_rows(prompts, "prompt")
     k = body.get("prompt_logprobs")
     if not (isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= min(max_logprobs, vocab)):
