@@ -32,6 +32,7 @@ from anydistill.core.recipe import (
 )
 from anydistill.core.taps import capture_features, find_module
 from anydistill.registries import DATA, EVALUATORS, METHODS, MODELS
+from anydistill.teachers_section import TeacherEntry, build_teacher_mixture, read_teachers, section_problems
 
 if TYPE_CHECKING:
     from anydistill.core.registry import Registry
@@ -72,6 +73,8 @@ class Recipe:
     methods: dict[str, Component]
     resolved: dict[str, Any]
     teacher_server: dict[str, Any] | None = None  # `teacher: {server: ...}`: ServedTeacher's settings (no teacher module here)
+    teachers: dict[str, TeacherEntry] | None = None  # `teachers: {name: {...}}`, mixed by `mix`
+    mix: Any = None  # core.recipe.MixSpec
 
 
 def shipped_recipes() -> dict[str, Path]:
@@ -146,16 +149,19 @@ def _architecture_mismatch(label: str, name: str, teacher: Any, student: Any) ->
 def _check_method(
     label: str, component: Component, teacher: Any, student: Any, input_shape: tuple[int, ...], max_epochs: int,
     datamodule: Callable[[], Any], problems: list[str], data_findings: dict[str, list[str]], served: Any = None,
+    several: Any = None,
 ) -> None:
     """Build the method (constructors only store hyperparameters), check that its module paths
     exist, run the models once on zeros and let the method check the shapes it will see and, when
     it asks to (`DistillationMethod.data_problems`), the set-up data (``datamodule()``). Data
-    problems go to ``data_findings`` (problem -> labels): several methods often share one."""
+    problems go to ``data_findings`` (problem -> labels): several methods often share one. ``served``
+    is an unconnected served teacher, ``several`` the recipe's teacher mixture, given to the methods
+    that take them for their checks."""
     target = component.target
     try:
         # A served teacher (not connected: nothing is asked of it here) lets the method check its settings against one.
-        method = target(student=teacher if target.trains == "teacher" else student,
-                        teacher=served if target.served_teacher else None, **component.kwargs)
+        given = several if several is not None and target.several_teachers else served if target.served_teacher else None
+        method = target(student=teacher if target.trains == "teacher" else student, teacher=given, **component.kwargs)
     except (ValueError, TypeError) as error:
         problems.append(f"methods.{label}: {error}")
         return
@@ -238,6 +244,8 @@ def load_recipe(path_or_name: str | dict[str, Any], overrides: list[str] = (), *
                if raw_section("teacher") is not None and served is None and "server" not in teacher_section else None)
     if checkpoint is not None and not Path(str(checkpoint)).is_file():
         problems.append(f"teacher.checkpoint: no such file '{checkpoint}'. Point it at a model.safetensors written by a 'teacher' run.")
+    entries = (read_teachers(raw["teachers"], lambda section, where: _component(section, MODELS, where, problems, MODEL_INJECTED),
+                             served_teacher_settings, problems) if raw.get("teachers") is not None else {})
 
     methods: dict[str, Component] = {}
     if not raw_section("methods"):
@@ -268,13 +276,18 @@ def load_recipe(path_or_name: str | dict[str, Any], overrides: list[str] = (), *
             problems.append(f"methods.{label}: '{component.name}' trains the recipe's teacher architecture: give `teacher: {{name: ...}}` without a checkpoint.")
         if component.target.trains == "student" and raw_section("student") is None:
             problems.append(f"methods.{label}: method '{component.name}' trains a student; add a `student:` section.")
-        if component.target.needs_teacher and raw_section("teacher") is None:
+        if component.target.needs_teacher and raw_section("teacher") is None and raw.get("teachers") is None:
             problems.append(f"methods.{label}: method '{component.name}' distills from a teacher; add a `teacher:` section.")
         if "server" in teacher_section and (trains_teacher or (component.target.needs_teacher and not component.target.served_teacher)):
             able = ", ".join(n for n in METHODS.names() if getattr(METHODS.get(n), "served_teacher", False))
             problems.append(f"methods.{label}: method '{component.name}' needs the teacher's module in this process; a served teacher "
                             f"(teacher.server) works with {able}.")
 
+    problems += section_problems(raw, methods, [n for n in METHODS.names() if getattr(METHODS.get(n), "several_teachers", False)])
+    if parsed is not None and parsed.mix is not None and entries:
+        from anydistill.lm.teacher_mixture import mix_problems
+
+        problems += mix_problems(list(entries), parsed.mix.strategy, parsed.mix.weights, parsed.mix.space)
     families = sorted({c.target.family for c in methods.values()})
     if len(families) > 1:
         problems.append(f"methods: a recipe distills one family of models; these methods mix {', '.join(families)}. Split the recipe.")
@@ -346,11 +359,13 @@ def load_recipe(path_or_name: str | dict[str, Any], overrides: list[str] = (), *
 
             data_findings: dict[str, list[str]] = {}
             served_teacher = _served_teacher(served)
+            mixture = _teacher_mixture(entries, parsed.mix, data, files_data, set_up_data, student_model, problems)
             for label, component in methods.items():
                 _check_method(label, component, teacher_model, student_model, input_shape, component.max_epochs or parsed.trainer.max_epochs, set_up_data,
-                              problems, data_findings, served_teacher)
-            if served_teacher is not None:
-                served_teacher.close()
+                              problems, data_findings, served_teacher, mixture)
+            for remote in (served_teacher, mixture):
+                if remote is not None:
+                    remote.close()
             problems += [f"methods.{', '.join(labels)}: {problem}" for problem, labels in data_findings.items()]
             if served is not None:
                 from anydistill.lm.served.use import served_problems
@@ -371,13 +386,15 @@ def load_recipe(path_or_name: str | dict[str, Any], overrides: list[str] = (), *
         resolved["teacher"] = {"name": MODELS.saved_name(teacher.name), **teacher.kwargs, **({"checkpoint": checkpoint} if checkpoint else {})}
     if served is not None:
         resolved["teacher"] = dict(served)
+    if entries:
+        resolved["teachers"] = {name: entry.resolved() for name, entry in entries.items()}
     resolved["evaluation"] = dict(evaluation.kwargs)
     resolved["methods"] = {label: {"name": METHODS.saved_name(c.name), **c.kwargs, **({"max_epochs": c.max_epochs} if c.max_epochs else {}),
                                    **({"optimizer": c.optimizer.model_dump(mode="json")} if c.optimizer else {})}
                            for label, c in methods.items()}
     return Recipe(
         source, parsed.name, parsed.seed, data, student, teacher, checkpoint, parsed.trainer, parsed.optimizer, parsed.cache,
-        evaluation, methods, resolved, served,
+        evaluation, methods, resolved, served, entries or None, parsed.mix,
     )
 
 
@@ -390,13 +407,33 @@ def _served_teacher(settings: dict[str, Any] | None) -> Any:
     return ServedTeacher(**settings)
 
 
-def served_teacher_settings(section: dict[str, Any], problems: list[str]) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+def _teacher_mixture(entries: dict[str, TeacherEntry], mix: Any, data: Component, files_data: Any, set_up_data: Callable[[], Any],
+                     student_model: Any, problems: list[str]) -> Any:
+    """The recipe's several teachers built (checkpoints loaded, servers asked once) and checked
+    against the set-up data and the student (`TeacherMixture.problems`), or None without them."""
+    if not entries or mix is None:
+        return None
+    shapes = data_shapes(data, files_data)
+    try:
+        mixture = build_teacher_mixture(entries, mix, lambda c: c.target(**shapes, **c.kwargs), load_teacher_weights, connect=True)
+    except RecipeError as error:
+        problems += error.problems
+        return None
+    try:
+        datamodule = set_up_data()
+    except Exception:  # noqa: BLE001 - the methods' checks report the data's own problem
+        return mixture
+    problems += mixture.problems(datamodule, student_model)
+    return mixture
+
+
+def served_teacher_settings(section: dict[str, Any], problems: list[str], where: str = "teacher") -> tuple[dict[str, Any] | None, dict[str, Any]]:
     """A ``teacher: {server: URL, ...}`` section checked against `ServedTeacher`'s parameters, and the
     server asked once (`ServedTeacher.connect`): unreachable, refusing or mismatched is one problem
     line. Returns the settings and what the server said (vocabulary size, positions)."""
     from anydistill.lm.served.client import ServedTeacher, ServerError
 
-    values, found = validate_kwargs(ServedTeacher, dict(section), owner="the served teacher", where="teacher")
+    values, found = validate_kwargs(ServedTeacher, dict(section), owner="the served teacher", where=where)
     problems += found
     if found:
         return None, {}
@@ -407,7 +444,7 @@ def served_teacher_settings(section: dict[str, Any], problems: list[str]) -> tup
         finally:
             client.close()
     except ServerError as error:
-        problems.append(f"teacher.server: {error}")
+        problems.append(f"{where}.server: {error}")
         return None, {}
     return values, {"vocab_size": client.vocab_size, "max_model_len": card.get("max_model_len")}
 

@@ -106,7 +106,7 @@ def command_methods(args: argparse.Namespace) -> int:
             broken.append(str(error))
             continue
         rows.append({"name": name, "family": cls.family, "paper": cls.paper, "data": cls.data,
-                     "served_teacher": cls.served_teacher, "parameters": _parameters(cls)})
+                     "served_teacher": cls.served_teacher, "several_teachers": cls.several_teachers, "parameters": _parameters(cls)})
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
@@ -284,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate.set_defaults(handler=command_validate)
 
     methods = commands.add_parser("methods", help="list the registered methods")
-    methods.add_argument("--json", action="store_true", help="a JSON list of {name, family, paper, data, served_teacher, parameters}")
+    methods.add_argument("--json", action="store_true", help="a JSON list of {name, family, paper, data, served_teacher, several_teachers, parameters}")
     methods.set_defaults(handler=command_methods)
 
     recipes = commands.add_parser("recipes", help="list the recipes shipped with anydistill")

@@ -21,7 +21,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from safetensors.torch import load_file
 
 from anydistill import __version__
-from anydistill.catalog import Recipe, build_models, load_teacher_weights
+from anydistill.catalog import Recipe, build_models, data_shapes, load_teacher_weights
 from anydistill.core.cache import open_or_build_cache
 from anydistill.core.errors import RunDirError
 from anydistill.core.evaluator import Evaluator
@@ -29,6 +29,7 @@ from anydistill.core.method import DistillationMethod
 from anydistill.core.rundir import RunDir, write_atomic
 from anydistill.core.teacher import Teacher
 from anydistill.report import write_report
+from anydistill.teachers_section import build_teacher_mixture, local_teachers
 
 # Lightning's advice for multi-core data loading does not apply to in-memory tensors.
 warnings.filterwarnings("ignore", message=".*does not have many workers.*")
@@ -66,9 +67,13 @@ def run_info(recipe: Recipe, command: str | None = None) -> dict[str, Any]:
     }
 
 
-def build_teacher(recipe: Recipe, teacher_model: torch.nn.Module | None) -> Teacher | None:
-    """The frozen teacher: a pretrained builder, an architecture plus a ``checkpoint``, or a
-    `ServedTeacher` (``teacher: {server: ...}``, connected)."""
+def build_teacher(recipe: Recipe, teacher_model: torch.nn.Module | None, datamodule: Any = None) -> Teacher | None:
+    """The frozen teacher: a pretrained builder, an architecture plus a ``checkpoint``, a
+    `ServedTeacher` (``teacher: {server: ...}``, connected), or several teachers mixed into one
+    (``teachers:`` + ``mix:``, `TeacherMixture`)."""
+    if recipe.teachers:
+        shapes = data_shapes(recipe.data, datamodule)
+        return build_teacher_mixture(recipe.teachers, recipe.mix, lambda c: c.target(**shapes, **c.kwargs), load_teacher_weights, connect=True)
     if recipe.teacher_server is not None:
         from anydistill.lm.served.client import ServedTeacher
 
@@ -95,6 +100,21 @@ def check_served_teacher(run_dir: RunDir, teacher: Any, resume: bool) -> None:
                               f"{record['fingerprint'][:12]}, the run's {str(earlier.get('fingerprint'))[:12]}): restart it with the run's teacher.")
         return
     run_dir.write_json("served_teacher.json", record)
+
+
+def check_teachers(run_dir: RunDir, mixture: Any, resume: bool) -> None:
+    """Record every teacher's fingerprint of a mixture (``teachers.json``); on ``--resume``, refuse a
+    teacher whose weights (or server) changed since the run started."""
+    record = mixture.fingerprints()
+    path = run_dir.path / "teachers.json"
+    if resume and path.is_file():
+        earlier = json.loads(path.read_text())
+        changed = [name for name in record if earlier.get(name) != record[name]]
+        if changed or set(earlier) != set(record):
+            raise RunDirError(f"--resume: teacher{'s' if len(changed) != 1 else ''} {', '.join(changed or sorted(set(earlier) ^ set(record)))} "
+                              "changed since this run started (another checkpoint or server): give the run's teachers back, or start a new run.")
+        return
+    run_dir.write_json("teachers.json", record)
 
 
 def make_trainer(recipe: Recipe, run_dir: RunDir, label: str) -> L.Trainer:
@@ -149,18 +169,24 @@ def run_recipe(recipe: Recipe, run_dir: RunDir, *, resume: bool = False, command
     datamodule = recipe.data.target(**recipe.data.kwargs)
     datamodule.setup()
     _, pretrained = build_models(recipe.data, recipe.student, recipe.teacher, datamodule)
-    teacher = build_teacher(recipe, pretrained) if not any(c.target.trains == "teacher" for c in recipe.methods.values()) else None
+    teacher = build_teacher(recipe, pretrained, datamodule) if not any(c.target.trains == "teacher" for c in recipe.methods.values()) else None
     evaluator: Evaluator = recipe.evaluation.target(
         data=datamodule, student_spec=recipe.resolved.get("student"), data_name=recipe.data.name, **recipe.evaluation.kwargs
     )
     metrics = run_dir.read_metrics() if resume else {}
     if recipe.teacher_server is not None and main:
         check_served_teacher(run_dir, teacher, resume)
+    if recipe.teachers and main:
+        check_teachers(run_dir, teacher, resume)
 
     if main:
         if teacher is not None and teacher.model is not None and "teacher" not in metrics:  # a served teacher has no module here
             metrics["teacher"] = {**evaluator.evaluate(teacher.model, teacher, "pretrained"), "role": "teacher", "method": "pretrained"}
             run_dir.write_json("metrics.json", metrics)
+        for name, member in local_teachers(teacher).items() if recipe.teachers else ():  # several teachers: a row each (a served one has no module here)
+            if f"teacher-{name}" not in metrics:
+                metrics[f"teacher-{name}"] = {**evaluator.evaluate(member.model, member, "pretrained"), "role": "teacher", "method": "pretrained"}
+                run_dir.write_json("metrics.json", metrics)
         for label, row in evaluator.baselines(skip=set(metrics)).items():
             metrics[label] = {**row, "role": "baseline"}
             run_dir.write_json("metrics.json", metrics)

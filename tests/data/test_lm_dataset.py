@@ -157,3 +157,18 @@ def test_gkd_seq_kd_and_cached_lm_kd_run_on_it(folder, tmp_path) -> None:
         fit(method, module, steps=2)
         assert any(not torch.equal(before[k], v) for k, v in student.state_dict().items()), method_class.__name__
     assert any((tmp_path / "topk").rglob("*.safetensors")) or any((tmp_path / "topk").rglob("manifest*"))
+
+
+def test_domain_column_keeps_each_domain_in_its_own_blocks(folder, tmp_path) -> None:
+    rows = [{"text": "the cat sat on the mat .", "domain": "cats"}, {"text": "a dog ran in the park .", "domain": "dogs"}] * 12
+    module = data(folder, write_jsonl(tmp_path / "tagged.jsonl", rows), block_size=8, domain_column="domain")
+    assert module.domains == ["cats", "dogs"]
+    for split in ("train", "val", "test"):
+        ids, _ = module.split(split)
+        for block, domain in zip(ids, module.domain_rows[split]):
+            words = set(decode(module, block).split())
+            assert not words & ({"dog", "park"} if domain == 0 else {"cat", "mat"})  # a block never spans two domains
+    batch = next(iter(module.train_dataloader()))
+    assert batch["domain"].shape == (2,)
+    with pytest.raises(ValueError, match="has no 'genre' column, which data.domain_column names"):
+        data(folder, write_jsonl(tmp_path / "tagged2.jsonl", rows), domain_column="genre")

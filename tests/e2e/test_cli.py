@@ -57,8 +57,9 @@ def test_methods_json_lists_every_method(tmp_path) -> None:
     rows = json.loads(result.stdout)
     names = {row["name"] for row in rows}
     assert {"kd", "fitnets", "attention-transfer", "dkd", "scratch", "teacher"} <= names
-    assert all(set(row) == {"name", "family", "paper", "data", "served_teacher", "parameters"} for row in rows)
+    assert all(set(row) == {"name", "family", "paper", "data", "served_teacher", "several_teachers", "parameters"} for row in rows)
     gkd = next(row for row in rows if row["name"] == "gkd")
+    assert gkd["several_teachers"] and not next(row for row in rows if row["name"] == "seq-kd")["several_teachers"]
     assert gkd["served_teacher"] and gkd["parameters"]["token_weighting"] == {"type": "'uniform' | 'iw-opd'", "default": "'uniform'"}
     assert gkd["parameters"]["lmbda"]["type"] == "float >= 0, <= 1" and gkd["parameters"]["topk"]["type"] == "int >= 1 | 'adaptive' | none"
 

@@ -38,6 +38,8 @@ class DistillationMethod(L.LightningModule):
             ``train_dataloader`` instead of the data module's loaders.
         served_teacher: the method can learn from a teacher in another process
             (``teacher: {server: ...}``, `anydistill.lm.served.ServedTeacher`), which has no module here.
+        several_teachers: the method can learn from several teachers mixed into one signal
+            (``teachers:`` with ``mix:``, `anydistill.lm.teacher_mixture.TeacherMixture`).
     """
 
     family: ClassVar[str] = ""
@@ -49,6 +51,7 @@ class DistillationMethod(L.LightningModule):
     own_loop: ClassVar[bool] = False
     unlabelled: ClassVar[bool] = False
     served_teacher: ClassVar[bool] = False
+    several_teachers: ClassVar[bool] = False
 
     def __init__(self, student: nn.Module, teacher: Teacher | nn.Module | None = None, optimizer: OptimizerSpec | None = None):
         super().__init__()

@@ -89,6 +89,21 @@ class CacheSpec(_Section):
     features: list[str] = Field(default_factory=list)
 
 
+class MixSpec(_Section):
+    """How several teachers (``teachers:``) make one signal (`anydistill.lm.teacher_mixture`);
+    ``mix: route`` is short for ``mix: {strategy: route}``. Weights are checked there (one per
+    teacher, positive, summing to 1)."""
+
+    strategy: Literal["route", "average", "weighted"]
+    weights: dict[str, Any] | None = None
+    space: Literal["probs", "logprobs"] = "probs"
+
+    @pydantic.model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return {"strategy": value} if isinstance(value, str) else value
+
+
 class RecipeFile(_Section):
     """The top level of a recipe. Component sections hold a registry `name` plus its parameters."""
 
@@ -97,6 +112,8 @@ class RecipeFile(_Section):
     data: dict[str, Any]
     student: dict[str, Any] | None = None
     teacher: dict[str, Any] | None = None
+    teachers: dict[str, dict[str, Any]] | None = None  # several teachers, by name, mixed by `mix`
+    mix: MixSpec | None = None
     trainer: TrainerSpec = Field(default_factory=TrainerSpec)
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
     cache: CacheSpec = Field(default_factory=CacheSpec)
@@ -244,7 +261,7 @@ def parse_recipe_file(raw: Any, overrides: list[str] = ()) -> tuple[RecipeFile |
         parsed = RecipeFile.model_validate(raw)
     except pydantic.ValidationError as error:
         parsed = None
-        sections = {"trainer": TrainerSpec, "optimizer": OptimizerSpec, "cache": CacheSpec}
+        sections = {"trainer": TrainerSpec, "optimizer": OptimizerSpec, "cache": CacheSpec, "mix": MixSpec}
         top: list[dict[str, Any]] = []
         nested: dict[str, list[dict[str, Any]]] = {}
         for item in error.errors():

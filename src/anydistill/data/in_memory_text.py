@@ -57,6 +57,7 @@ class InMemoryLMDataset(LMDataset):
         eval_limit: PositiveInt | None = None,
         shuffle: bool = True,
         seed: int = 0,
+        domain_column: str | None = None,
     ):
         if tokenizer is None and self.tokenizer_object is None:
             raise ValueError("The in-memory text data needs a tokenizer: pass tokenizer= (a transformers tokenizer or its folder).")
@@ -65,7 +66,8 @@ class InMemoryLMDataset(LMDataset):
         super().__init__(tokenizer or "memory (the tokenizer object given to distill())", names["train"], val=names["val"],
                          test=names["test"], format=format, val_fraction=val_fraction, test_fraction=test_fraction, split_seed=split_seed,
                          block_size=block_size, prompt_tokens=prompt_tokens, batch_size=batch_size, eval_batch_size=eval_batch_size,
-                         train_limit=train_limit, eval_limit=eval_limit, shuffle=shuffle, seed=seed)
+                         train_limit=train_limit, eval_limit=eval_limit, shuffle=shuffle, seed=seed,
+                         domain_column=domain_column)
         self.from_folder = tokenizer is not None
 
     @classmethod

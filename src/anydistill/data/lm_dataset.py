@@ -193,6 +193,10 @@ class LMDataset(L.LightningDataModule):
             and evaluation batch.
         train_limit, eval_limit: keep N training rows / N rows of val and of test, evenly spaced.
         shuffle, seed: reshuffle training rows every epoch, as a function of seed and epoch.
+        domain_column: a column tagging each row with its domain (``shakespeare``, ``news``): batches
+            then carry ``domain`` [B] (ids into ``domains``, the sorted tags of every split), which
+            routes each example to its teacher (``mix: route``), and the evaluator reports each
+            domain apart. Text documents of different domains never share a block.
     """
 
     input_shape: ClassVar[tuple[int, ...]] = ()  # injected into model builders, which ignore it
@@ -216,6 +220,7 @@ class LMDataset(L.LightningDataModule):
         eval_limit: PositiveInt | None = None,
         shuffle: bool = True,
         seed: int = 0,
+        domain_column: str | None = None,
     ):
         super().__init__()
         self.tokenizer_folder, self.sources = tokenizer, {"train": train, "val": val, "test": test}
@@ -223,6 +228,9 @@ class LMDataset(L.LightningDataModule):
         self.block_size, self.prompt_tokens = block_size, prompt_tokens
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.train_limit, self.eval_limit, self.shuffle, self.seed = train_limit, eval_limit, shuffle, seed
+        self.domain_column = domain_column
+        self.domains: list[str] = []  # the sorted domain tags (with domain_column)
+        self.domain_rows: dict[str, torch.Tensor] = {}  # split -> [N] ids into domains
         self.tokenizer = None
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.attention: dict[str, torch.Tensor] = {}
@@ -291,14 +299,37 @@ class LMDataset(L.LightningDataModule):
 
     # -- tokenising -----------------------------------------------------------------------------
 
-    def _examples(self, name: str, table) -> list[tuple[list[int], list[bool], int]]:
-        """``(ids, loss mask, prompt length)`` per example; text gives one joined stream."""
+    def _domain_tags(self, name: str, table) -> list[str] | None:
+        """Each row's domain tag (``domain_column``), or None without one."""
+        if self.domain_column is None:
+            return None
+        if self.domain_column not in table.column_names:
+            raise ValueError(f"The {name} data ({self.sources[name] or self.sources['train']}) has no '{self.domain_column}' column, which "
+                             f"data.domain_column names (columns found: {', '.join(table.column_names)}): tag every row or fix data.domain_column.")
+        tags = [str(tag) for tag in table[self.domain_column]]
+        if any(not tag or tag == "None" for tag in tags):
+            raise ValueError(f"The {name} data ({self.sources[name] or self.sources['train']}) has rows without a '{self.domain_column}' tag: "
+                             "tag every row.")
+        return tags
+
+    def _examples(self, name: str, table) -> tuple[list[tuple[list[int], list[bool], int]], list[str | None]]:
+        """``(ids, loss mask, prompt length)`` per example and each example's domain tag (None
+        without ``domain_column``); text gives one joined stream per domain."""
         tok, fmt = self.tokenizer, self.resolved_format
+        tags = self._domain_tags(name, table)
         if fmt == "text":
-            ids: list[int] = []
-            for document in tok(list(table["text"]), add_special_tokens=True)["input_ids"]:  # one batched (parallel) call
-                ids += document + [tok.eos_token_id]
-            return [(ids, [True] * len(ids), 0)]
+            streams: dict[str | None, list[int]] = {}
+            documents = tok(list(table["text"]), add_special_tokens=True)["input_ids"]  # one batched (parallel) call
+            for document, tag in zip(documents, tags or [None] * len(documents)):
+                streams.setdefault(tag, []).extend(document + [tok.eos_token_id])
+            order = sorted(streams, key=str)
+            return [(streams[tag], [True] * len(streams[tag]), 0) for tag in order], order
+        examples = self._row_examples(name, table)
+        return examples, tags or [None] * len(examples)
+
+    def _row_examples(self, name: str, table) -> list[tuple[list[int], list[bool], int]]:
+        """``(ids, loss mask, prompt length)`` of each row of prompt-completion or conversational data."""
+        tok, fmt = self.tokenizer, self.resolved_format
         if fmt == "prompt-completion" and len(table) and isinstance(table[0]["prompt"], list):
             # TRL's conversational prompt-completion: the conversation is prompt + completion
             conversations = [list(p) + list(c) for p, c in zip(table["prompt"], table["completion"])]
@@ -339,17 +370,21 @@ class LMDataset(L.LightningDataModule):
             examples.append((encoded["input_ids"], mask, split))
         return examples
 
-    def _layout(self, examples: list[tuple[list[int], list[bool], int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _layout(self, examples: list[tuple[list[int], list[bool], int]], tags: list[str | None]
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str | None]]:
         """Rows ``(input_ids [N, L], completion_mask [N, L], attention_mask [N, L])`` of tokenised
-        examples (see the class docstring); attention is 0 on padding."""
+        examples (see the class docstring; attention is 0 on padding), and each row's domain tag."""
         L_, P, pad = self.block_size, self.prompt_tokens, self.tokenizer.pad_token_id
         rows: list[tuple[int, list[int], list[bool]]] = []  # (left padding, ids, loss mask)
+        row_tags: list[str | None] = []
         if self.resolved_format == "text":
-            ids, _, _ = examples[0]
-            for start in range(0, len(ids), L_):
-                block = ids[start : start + L_]
-                rows.append((0, block, [t >= max(P, 1) for t in range(len(block))]))  # the prompt is context
+            for (ids, _, _), tag in zip(examples, tags):  # one stream per domain
+                for start in range(0, len(ids), L_):
+                    block = ids[start : start + L_]
+                    rows.append((0, block, [t >= max(P, 1) for t in range(len(block))]))  # the prompt is context
+                    row_tags.append(tag)
         else:
+            row_tags = list(tags)
             for ids, mask, split in examples:
                 if P == 0:
                     rows.append((0, ids[:L_], mask[:L_]))
@@ -363,7 +398,7 @@ class LMDataset(L.LightningDataModule):
             input_ids[r, left : left + len(ids)] = torch.tensor(ids, dtype=torch.long)
             completion[r, left : left + len(mask)] = torch.tensor(mask, dtype=torch.bool)
             attention[r, left : left + len(ids)] = 1
-        return input_ids, completion, attention
+        return input_ids, completion, attention, row_tags
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
@@ -376,34 +411,42 @@ class LMDataset(L.LightningDataModule):
         if len(set(formats.values())) > 1:
             raise ValueError(f"The splits are in different formats ({', '.join(f'{k}: {v}' for k, v in formats.items())}): give every split the same columns.")
         self.resolved_format = formats["train"]
-        splits = {name: self._layout(self._examples(name, table)) for name, table in tables.items()}
+        laid_out = {name: self._layout(*self._examples(name, table)) for name, table in tables.items()}
+        if self.domain_column is not None:
+            self.domains = sorted({tag for *_, tags in laid_out.values() for tag in tags})
+        ids_of = {tag: i for i, tag in enumerate(self.domains)}
+        # (input_ids, completion_mask, attention_mask, domain ids [N]: -1 without domain_column)
+        splits = {name: (ids, mask, attention, torch.tensor([ids_of.get(tag, -1) for tag in tags], dtype=torch.long))
+                  for name, (ids, mask, attention, tags) in laid_out.items()}
         missing = [name for name in ("val", "test") if name not in splits]
         if missing:
-            ids, mask, attention = splits["train"]
+            rows = splits["train"]
             fractions = {"val": self.val_fraction, "test": self.test_fraction}
-            counts = {name: max(1, round(ids.shape[0] * fractions[name])) for name in missing}
+            counts = {name: max(1, round(rows[0].shape[0] * fractions[name])) for name in missing}
             unit = "blocks" if self.resolved_format == "text" else "rows"
-            if ids.shape[0] - sum(counts.values()) < 1:
-                raise ValueError(f"The train data gives {ids.shape[0]} {unit} of {self.block_size} tokens: too few to hold out "
+            if rows[0].shape[0] - sum(counts.values()) < 1:
+                raise ValueError(f"The train data gives {rows[0].shape[0]} {unit} of {self.block_size} tokens: too few to hold out "
                                  f"{' and '.join(f'{n}_fraction' for n in missing)}; give {' and '.join(missing)} files or more data.")
-            order = torch.randperm(ids.shape[0], generator=torch.Generator().manual_seed(self.split_seed))
+            order = torch.randperm(rows[0].shape[0], generator=torch.Generator().manual_seed(self.split_seed))
             start = 0
             for name in missing:
                 chosen = order[start : start + counts[name]].sort().values
-                splits[name] = (ids[chosen], mask[chosen], attention[chosen])
+                splits[name] = tuple(t[chosen] for t in rows)
                 start += counts[name]
             rest = order[start:].sort().values
-            splits["train"] = (ids[rest], mask[rest], attention[rest])
-        for name, (ids, mask, attention) in splits.items():
+            splits["train"] = tuple(t[rest] for t in rows)
+        for name, (ids, mask, attention, domain) in splits.items():
             if not mask[:, 1:].any():
                 raise ValueError(f"The {name} split has no token the loss counts within block_size={self.block_size}"
                                  f"{f' after prompt_tokens={self.prompt_tokens}' if self.prompt_tokens else ''}: raise block_size.")
             limit = self.train_limit if name == "train" else self.eval_limit
             if limit is not None and limit < ids.shape[0]:
                 keep = torch.linspace(0, ids.shape[0] - 1, limit).round().long().unique()
-                ids, mask, attention = ids[keep], mask[keep], attention[keep]
+                ids, mask, attention, domain = ids[keep], mask[keep], attention[keep], domain[keep]
             self.splits[name] = (ids.clone(), mask.clone())
             self.attention[name] = attention.clone()
+            if self.domain_column is not None:
+                self.domain_rows[name] = domain.clone()
 
     # -- what the methods and the evaluator use -------------------------------------------------
 
@@ -427,12 +470,13 @@ class LMDataset(L.LightningDataModule):
         ids, mask = self.split("train")
         rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         sampler = EpochShuffleSampler(ids.shape[0], self.seed, self.shuffle, rank, world_size)
-        return DataLoader(_Rows(ids, mask, self.attention["train"]), batch_size=self.batch_size, sampler=sampler,
+        return DataLoader(_Rows(ids, mask, self.attention["train"], self.domain_rows.get("train")), batch_size=self.batch_size, sampler=sampler,
                           drop_last=len(sampler) >= self.batch_size, collate_fn=_already_batched)
 
     def _eval_loader(self, name: str) -> DataLoader:
         ids, mask = self.split(name)
-        return DataLoader(_Rows(ids, mask, self.attention[name]), batch_size=self.eval_batch_size, collate_fn=_already_batched)
+        return DataLoader(_Rows(ids, mask, self.attention[name], self.domain_rows.get(name)), batch_size=self.eval_batch_size,
+                          collate_fn=_already_batched)
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("val")
@@ -442,18 +486,23 @@ class LMDataset(L.LightningDataModule):
 
 
 class _Rows(torch.utils.data.Dataset):
-    """Rows served a batch at a time: ``{"input_ids", "attention_mask", "completion_mask", "index"}``."""
+    """Rows served a batch at a time: ``{"input_ids", "attention_mask", "completion_mask", "index"}``,
+    plus ``"domain"`` when the rows have domain ids."""
 
-    def __init__(self, input_ids: torch.Tensor, completion_mask: torch.Tensor, attention_mask: torch.Tensor):
-        self.input_ids, self.completion_mask, self.attention_mask = input_ids, completion_mask, attention_mask
+    def __init__(self, input_ids: torch.Tensor, completion_mask: torch.Tensor, attention_mask: torch.Tensor,
+                 domain: torch.Tensor | None = None):
+        self.input_ids, self.completion_mask, self.attention_mask, self.domain = input_ids, completion_mask, attention_mask, domain
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
 
     def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
         index = torch.as_tensor(indices, dtype=torch.long)
-        return {"input_ids": self.input_ids[index], "attention_mask": self.attention_mask[index],
-                "completion_mask": self.completion_mask[index], "index": index}
+        batch = {"input_ids": self.input_ids[index], "attention_mask": self.attention_mask[index],
+                 "completion_mask": self.completion_mask[index], "index": index}
+        if self.domain is not None:
+            batch["domain"] = self.domain[index]
+        return batch
 
 
 def _already_batched(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

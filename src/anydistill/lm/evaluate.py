@@ -70,7 +70,8 @@ class LMEvaluator(Evaluator):
     absent without a teacher, or when teacher and student tokenize differently: paired data, where
     the teacher's own row is scored on the teacher's tokens), ``greedy`` and ``sample`` (continuations of ``prompt``), ``gen_tokens_per_s``
     (generation with the KV cache, batch 1), ``score_tokens_per_s`` (eval forward, batch 64),
-    ``params``, ``threads``.
+    ``params``, ``threads``. Data with domain tags (``data.domain_column``) adds ``nll_DOMAIN`` and
+    ``nll_per_char_DOMAIN`` for each domain's test rows.
 
     Args:
         prompt: the text the generations continue.
@@ -101,6 +102,12 @@ class LMEvaluator(Evaluator):
             self.sides["teacher"] = (data.teacher_tokenizer, data.teacher_split("test"), data.teacher_split("val"))
         self.tokenizer, self.test, self.val = self.sides["student"]
         self.characters = {side: completion_characters(tokenizer, *test) for side, (tokenizer, test, _) in self.sides.items()}
+        # Each domain's test rows, and their characters (data.domain_column)
+        self.domains = {}
+        for i, domain in enumerate(getattr(data, "domains", None) or []):
+            rows = data.domain_rows["test"] == i
+            ids, mask = self.test[0][rows], self.test[1][rows]
+            self.domains[domain] = (ids, mask, completion_characters(self.tokenizer, ids, mask))
 
     def evaluate(self, model: nn.Module, teacher: Teacher | None, method: str) -> dict[str, Any]:
         model = model.cpu()
@@ -114,6 +121,10 @@ class LMEvaluator(Evaluator):
         tokens = int(test[1][:, 1:].sum())
         row: dict[str, Any] = {"nll": nll, "perplexity": math.exp(min(nll, 700)), "nll_per_char": nll * tokens / max(self.characters[side], 1),
                                "val_nll": val_nll}
+        for domain, (ids, mask, characters) in self.domains.items() if side == "student" else ():
+            domain_nll, _ = held_out_nll(model, ids, mask) if ids.shape[0] else (float("nan"), 0.0)
+            row[f"nll_{domain}"] = domain_nll
+            row[f"nll_per_char_{domain}"] = domain_nll * int(mask[:, 1:].sum()) / max(characters, 1)
         if teacher is not None and teacher.model is not None and not is_teacher and len(self.sides) == 1:  # served: no module here
             vocab = check_vocab(model, teacher.model, tokenizer)
             row["kl_teacher"] = held_out_kl(teacher.model.cpu(), model, *test, vocab=vocab)
@@ -159,6 +170,8 @@ class LMEvaluator(Evaluator):
             "nll": "mean nats per completion token on the test texts (plays never seen in training)",
             "nll_per_char": "the same NLL summed over the test completions, divided by their characters (comparable across tokenizers)",
             "kl_teacher": "mean KL(teacher || model) per completion token on the test texts, nats",
+            **({"domains": {d: {"test_blocks": int(ids.shape[0]), "characters": c} for d, (ids, _, c) in self.domains.items()}}
+               if self.domains else {}),
             "prompt": self.prompt,
             "generate_tokens": self.generate_tokens,
             "temperature": self.temperature,

@@ -18,6 +18,7 @@ from anydistill.lm.fused_head import fused_token_distill_loss
 from anydistill.lm.head import choose_fused, last_hidden, lm_head, teacher_hidden
 from anydistill.lm.iw_opd import iw_opd_weights, opd_advantages, sampled_opd_loss
 from anydistill.lm.served.use import hidden_logits, is_served, pipeline, served_rows, served_vocab, unpipeline
+from anydistill.lm.teacher_mixture import is_mixture
 from anydistill.lm.token_losses import token_distill_loss, token_logprobs
 from anydistill.lm.topk import SparseTeacher
 from anydistill.lm.topk_cache import open_signals, signal_problems
@@ -73,6 +74,7 @@ class GKD(DistillationMethod):
     search_space = {"lmbda": Uniform(0.0, 1.0), "beta": Uniform(0.1, 0.9)}
     data = "on-policy"
     served_teacher = True
+    several_teachers = True
 
     def __init__(
         self,
@@ -107,6 +109,8 @@ class GKD(DistillationMethod):
     def setup(self, stage: str) -> None:
         self.vocab = prepare(self)
         data = self.trainer.datamodule
+        if is_mixture(self.teacher):
+            self.vocab = self.teacher.prepare("gkd", data, self.student)
         served = is_served(self.teacher)
         if served:
             self.vocab = served_vocab("gkd", self.teacher, data, self.vocab)
@@ -114,13 +118,14 @@ class GKD(DistillationMethod):
                 pipeline(self.teacher, data)
         self.prompt_tokens, self.new_tokens = data.prompt_tokens, data.block_size - data.prompt_tokens
         self.eos_id, self.pad_id = data.tokenizer.eos_token_id, data.tokenizer.pad_token_id
-        if self.topk is not None and self.signals is None and self.lmbda < 1 and not served:
+        if self.topk is not None and self.signals is None and self.lmbda < 1 and not served and not is_mixture(self.teacher):
             self.signals = open_signals("gkd", self.teacher, data, vocab=self.vocab, root=self.cache_dir, topk=self.topk,
                                         tail=self.topk_tail, dtype=self.cache_dtype, kl_budget=self.kl_budget,
                                         k_min=self.k_min, k_max=self.k_max)
         strategy = type(self.trainer.strategy).__name__ if self.trainer is not None else ""
         models = {"student": self.student, **({} if served else {"teacher": self.teacher.model})}
-        self.fused, why_not = choose_fused(self.fused_head, models, self.vocab, strategy)
+        self.fused, why_not = ((False, "several teachers are mixed as full distributions") if is_mixture(self.teacher) else
+                               choose_fused(self.fused_head, models, self.vocab, strategy))
         if self.fused and self.weighs_tokens:
             self.fused, why_not = False, "IW-OPD options read the sampled tokens' log-probabilities from full logits"
         if why_not:
@@ -151,6 +156,8 @@ class GKD(DistillationMethod):
         # The teacher runs before the student's graph exists (see LMKD.training_step: ~1.4x faster on CPU);
         # its one pass of the step, none when the data's completions are read from the cache.
         cached = self.signals.rows(batch["index"], device=ids.device) if self.signals is not None and not on_policy else None
+        if is_mixture(self.teacher):  # several teachers' mixed log-probabilities of the data or of the samples
+            cached = self.teacher.log_probs(batch, *((ids, ones) if on_policy else ()))
         if is_served(self.teacher):  # the server's rows of the data (prefetched) or of the samples (asked now)
             cached = served_rows(self.teacher, batch, *((ids, ones) if on_policy else ()))
             if isinstance(cached, torch.Tensor) and not self.fused:
@@ -221,4 +228,6 @@ class GKD(DistillationMethod):
         if not problems:
             vocab = min(output_width(m) for m in (self.student, teacher) if m is not None)
             problems += signal_problems("gkd", self.topk, vocab, self.kl_budget, self.k_min, self.k_max)
+        if is_mixture(self.teacher) and self.topk is not None:
+            problems.append("gkd with several teachers caches each in its own section (teachers.NAME.topk): remove 'topk'.")
         return problems

@@ -18,6 +18,7 @@ from anydistill.lm.fused_head import fused_kd_ce_loss
 from anydistill.lm.head import Head, choose_fused, last_hidden, lm_head, teacher_hidden
 from anydistill.lm.hidden_cache import HiddenSignals, open_hidden_signals
 from anydistill.lm.served.use import hidden_logits, is_served, pipeline, served_rows, served_vocab, unpipeline
+from anydistill.lm.teacher_mixture import is_mixture
 from anydistill.lm.token_losses import token_ce_loss, token_distill_loss
 from anydistill.lm.topk import SparseTeacher
 from anydistill.lm.topk_cache import open_signals, signal_problems
@@ -43,7 +44,9 @@ class LMKD(DistillationMethod):
     into a cache of its top-k log-probabilities (+ tail bucket) on disk (`lm.topk_cache`), which
     later epochs and later runs read instead. A served teacher (``teacher: {server: ...}``,
     `lm.served.ServedTeacher`) sends each batch's top-k, adaptive-k or hidden-state rows over HTTP,
-    the next batch's request in flight while the student steps on this one.
+    the next batch's request in flight while the student steps on this one. Several teachers
+    (``teachers:`` with ``mix: route | average | weighted``, `lm.teacher_mixture`) give one mixed
+    distribution per position, on the unfused path.
 
     With ``fused_head`` (``auto``, the default: from a vocabulary of 4,096 on) the loss takes the student's last hidden states and LM head
     and forms the logits ``head_chunk_tokens`` tokens at a time (`lm.fused_head`), as it does the
@@ -85,6 +88,7 @@ class LMKD(DistillationMethod):
     # Token-level KD: temperatures near 1 (GKD and DistiLLM use 1), alpha the soft/label mix.
     search_space = {"temperature": LogUniform(0.5, 2.0), "alpha": Uniform(0.1, 0.9)}
     served_teacher = True
+    several_teachers = True
 
     def __init__(
         self,
@@ -122,6 +126,8 @@ class LMKD(DistillationMethod):
 
     def setup(self, stage: str) -> None:
         self.vocab = prepare(self)
+        if is_mixture(self.teacher):
+            self.vocab = self.teacher.prepare("lm-kd", self.trainer.datamodule, self.student)
         if is_served(self.teacher):
             self.vocab = served_vocab("lm-kd", self.teacher, self.trainer.datamodule, self.vocab)
             self.signals = self.teacher
@@ -132,8 +138,8 @@ class LMKD(DistillationMethod):
         if self.hidden_cache and self.signals is None:
             self.signals = open_hidden_signals("lm-kd", self.teacher, self.trainer.datamodule, vocab=self.vocab,
                                                root=self.cache_dir, dtype=self.hidden_dtype)
-        online = {"teacher": self.teacher.model} if self.signals is None else {}
-        self.fused, why_not = choose_fused(self.fused_head, {"student": self.student, **online}, self.vocab,
+        online = {"teacher": self.teacher.model} if self.signals is None and not is_mixture(self.teacher) else {}
+        self.fused, why_not = (False, "several teachers are mixed as full distributions") if is_mixture(self.teacher) else choose_fused(self.fused_head, {"student": self.student, **online}, self.vocab,
                                            type(self.trainer.strategy).__name__ if self.trainer is not None else "")
         if why_not:
             log.info("lm-kd: fused LM-head loss off, full logits instead (%s)", why_not)
@@ -153,7 +159,10 @@ class LMKD(DistillationMethod):
 
     def teacher_signal(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | SparseTeacher:
         """The batch's rows of the top-k cache, or the teacher's hidden states [B, L-1, Ht] (cached
-        or online, fused path) or logits [B, L-1, V] (online or from the cached hidden states)."""
+        or online, fused path) or logits [B, L-1, V] (online or from the cached hidden states), or
+        several teachers' mixed log-probabilities [B, L-1, V]."""
+        if is_mixture(self.teacher):
+            return self.teacher.log_probs(batch)
         if is_served(self.signals):
             signal = served_rows(self.signals, batch)
             return signal if not isinstance(signal, torch.Tensor) or self.fused else hidden_logits(signal, self.teacher_head)
@@ -214,4 +223,6 @@ class LMKD(DistillationMethod):
             problems.append("lm-kd caches either the teacher's top-k ('topk') or its hidden states ('hidden_cache: true'), not both: remove one.")
         if is_served(self.teacher) and (self.topk is not None or self.hidden_cache):
             problems.append("lm-kd with a served teacher takes the signal it sends (teacher.signal, teacher.topk): remove 'topk' / 'hidden_cache'.")
+        if is_mixture(self.teacher) and (self.topk is not None or self.hidden_cache):
+            problems.append("lm-kd with several teachers caches each in its own section (teachers.NAME.topk): remove 'topk' / 'hidden_cache'.")
         return problems
