@@ -145,28 +145,29 @@ def lm_validation_step(method: DistillationMethod, batch: dict[str, Tensor], bat
 
 @torch.no_grad()
 def generate(model: nn.Module, prompts: Tensor, new_tokens: int, *, do_sample: bool, temperature: float = 1.0,
-             num_beams: int = 1, eos_token_id: int, pad_token_id: int) -> tuple[Tensor, Tensor]:
+             num_beams: int = 1, eos_token_id: int, pad_token_id: int, beams_returned: int = 1) -> tuple[Tensor, Tensor]:
     """Continue ``prompts`` [B, P] by ``new_tokens`` tokens with the model's KV cache.
 
     Sampling is plain ancestral sampling at ``temperature`` (``top_k=0``, ``top_p=1``, as TRL's GKD);
     it draws from the global torch RNG, which the engine seeds and checkpoints. Without sampling,
     decoding is greedy (``num_beams = 1``) or beam search (transformers' default length penalty 1),
-    returning the best beam.
+    returning the best beam (the ``beams_returned`` best, best first, with beam search).
 
     Returns:
-        ``(sequences [B, P + new_tokens], completion_mask [B, P + new_tokens])``: sequences that
+        ``(sequences [B * beams_returned, P + new_tokens], completion_mask [same])``: sequences that
         stopped at ``<eos>`` are padded; the mask is True on generated tokens up to and including
         the first ``<eos>``.
     """
     was_training = model.training
     model.eval()  # no dropout while sampling
-    options = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} if do_sample else {"do_sample": False, "num_beams": num_beams}
+    options = ({"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} if do_sample else
+               {"do_sample": False, "num_beams": num_beams, "num_return_sequences": beams_returned})
     out = model.generate(
         input_ids=prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=new_tokens, min_new_tokens=0,
         use_cache=True, eos_token_id=eos_token_id, pad_token_id=pad_token_id, **options,
     )
     model.train(was_training)
-    batch, length = prompts.shape[0], prompts.shape[1] + new_tokens
+    batch, length = out.shape[0], prompts.shape[1] + new_tokens
     if out.shape[1] < length:  # every sequence stopped early
         out = torch.cat([out, out.new_full((batch, length - out.shape[1]), pad_token_id)], dim=1)
     generated = out[:, prompts.shape[1]:]
@@ -176,3 +177,13 @@ def generate(model: nn.Module, prompts: Tensor, new_tokens: int, *, do_sample: b
     mask = torch.zeros(batch, length, dtype=torch.bool, device=out.device)
     mask[:, prompts.shape[1]:] = ~after_eos
     return out, mask
+
+
+def teacher_generate(teacher: Any, prompts: Tensor, new_tokens: int, **options: Any) -> tuple[Tensor, Tensor]:
+    """`generate` by a teacher, on ``prompts``' device: the in-process teacher's module, or a served
+    teacher's server (`ServedTeacher.generate`: no module here). ``options`` are `generate`'s."""
+    if teacher.model is None:
+        ids, mask = teacher.generate(prompts, new_tokens, **options)
+    else:
+        ids, mask = generate(teacher.model, prompts.to(teacher.model.device), new_tokens, **options)
+    return ids.to(prompts.device), mask.to(prompts.device)

@@ -29,7 +29,7 @@ from anydistill import __version__
 from anydistill.core.cache import file_sha256, staged_directory
 from anydistill.core.errors import CacheError
 from anydistill.core.teacher import Teacher
-from anydistill.lm.common import generate
+from anydistill.lm.common import teacher_generate
 
 FORMAT_VERSION = 1
 FILE = "generations.safetensors"
@@ -72,13 +72,12 @@ def open_or_build_generations(
 
 def _generate_all(teacher: Teacher, prompts: torch.Tensor, new_tokens: int, num_beams: int, eos: int, pad: int,
                   batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    model = teacher.model
     chunks_ids, chunks_mask = [], []
     with tqdm(total=prompts.shape[0], desc=f"seq-kd: beam search ({num_beams}) with {teacher.name}", unit="prompt",
               leave=False, disable=None) as progress:
         for start in range(0, prompts.shape[0], batch_size):
-            batch = prompts[start : start + batch_size].to(model.device)
-            ids, mask = generate(model, batch, new_tokens, do_sample=False, num_beams=num_beams, eos_token_id=eos, pad_token_id=pad)
+            batch = prompts[start : start + batch_size]
+            ids, mask = teacher_generate(teacher, batch, new_tokens, do_sample=False, num_beams=num_beams, eos_token_id=eos, pad_token_id=pad)
             chunks_ids.append(ids.cpu())
             chunks_mask.append(mask.cpu())
             progress.update(batch.shape[0])

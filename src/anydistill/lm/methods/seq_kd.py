@@ -13,7 +13,8 @@ from anydistill.core.errors import RecipeError
 from anydistill.core.method import DistillationMethod
 from anydistill.core.recipe import OptimizerSpec, PositiveFloat, PositiveInt
 from anydistill.core.teacher import Teacher
-from anydistill.lm.common import lm_data_problems, causal_logits, generate, lm_validation_step, prepare, step_loss
+from anydistill.lm.common import lm_data_problems, causal_logits, lm_validation_step, prepare, step_loss, teacher_generate
+from anydistill.lm.served.use import is_served, served_vocab
 from anydistill.lm.token_losses import token_ce_loss
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,9 @@ class SeqKD(DistillationMethod):
     batch (new samples every epoch); with ``decoding: beam`` (the paper's) it decodes every training
     prompt once with beam search before training, into a store on disk (`lm.generation_cache`) that
     later epochs and runs read. Generation is the only teacher computation: no teacher forward is
-    run on the result (the waste of TRL PR #5726).
+    run on the result (the waste of TRL PR #5726). A served teacher (``teacher: {server: ...}``)
+    generates on its server through ``/v1/completions`` (vLLM's, with ``return_token_ids``, or
+    ``anydistill serve-teacher``); sampling is seeded from the run's RNG.
 
     Args:
         decoding: ``sample`` (ancestral, at ``temperature``), ``greedy`` (a beam of 1), or ``beam``
@@ -45,6 +48,7 @@ class SeqKD(DistillationMethod):
     family = "lm"
     paper = "Kim & Rush 2016, Sequence-Level Knowledge Distillation (EMNLP, arXiv:1606.07947)"
     data = "teacher-generated"
+    served_teacher = True
 
     def __init__(
         self,
@@ -64,6 +68,8 @@ class SeqKD(DistillationMethod):
     def setup(self, stage: str) -> None:
         self.vocab = prepare(self)
         data = self.trainer.datamodule
+        if is_served(self.teacher):
+            self.vocab = served_vocab("seq-kd", self.teacher, data, self.vocab)
         if data.prompt_tokens < 1:
             raise RecipeError(["method 'seq-kd' generates completions from prompts: set data.prompt_tokens >= 1 (e.g. 32)."])
         self.prompt_tokens, self.new_tokens = data.prompt_tokens, data.block_size - data.prompt_tokens
@@ -87,10 +93,8 @@ class SeqKD(DistillationMethod):
             index = batch["index"].cpu()
             return self.stored[0][index].to(batch["input_ids"].device), self.stored[1][index].to(batch["input_ids"].device)
         prompts = batch["input_ids"][:, : self.prompt_tokens]
-        ids, completion_mask = generate(self.teacher.model, prompts.to(self.teacher.model.device), self.new_tokens,
-                                        do_sample=self.decoding == "sample", temperature=self.temperature,
-                                        eos_token_id=self.eos_id, pad_token_id=self.pad_id)
-        return ids.to(prompts.device), completion_mask.to(prompts.device)
+        return teacher_generate(self.teacher, prompts, self.new_tokens, do_sample=self.decoding == "sample", temperature=self.temperature,
+                                eos_token_id=self.eos_id, pad_token_id=self.pad_id)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         ids, completion_mask = self.teacher_generations(batch)

@@ -35,6 +35,7 @@ from anydistill.lm.served.protocol import (
     SIGNALS_PATH,
     ProtocolError,
     decode_tensors,
+    parse_generations,
     parse_prompt_logprobs,
     signal_request_body,
     tail_of,
@@ -190,6 +191,36 @@ class ServedTeacher:
             ragged = RaggedTeacher(tensors["logprobs"], tensors["indices"], tensors["tail"], tensors["offsets"])
             return ragged.padded(torch.arange(ragged.num_tokens), self.vocab_size)
         return SparseTeacher(tensors["logprobs"], tensors["indices"].long(), tensors.get("tail"))
+
+    def generate(self, prompts: Tensor, new_tokens: int, *, do_sample: bool, temperature: float = 1.0, num_beams: int = 1,
+                 eos_token_id: int, pad_token_id: int) -> tuple[Tensor, Tensor]:
+        """The teacher's continuations of ``prompts`` [B, P] from ``/v1/completions`` (vLLM's, with
+        ``return_token_ids``, or ours), laid out as `lm.common.generate` returns them:
+        ``(sequences [B, P + new_tokens], completion_mask [B, P + new_tokens])`` on the CPU. Sampling
+        is seeded by a draw from the global torch RNG (which the engine seeds and checkpoints)."""
+        body: dict[str, Any] = {"model": self.model_name, "prompt": prompts.cpu().tolist(), "max_tokens": new_tokens,
+                                "return_token_ids": True, "skip_special_tokens": False}
+        if do_sample:
+            body.update(temperature=temperature, seed=int(torch.randint(0, 2**31 - 1, ())))
+        elif num_beams > 1:
+            body.update(temperature=0.0, use_beam_search=True, n=num_beams)
+        else:
+            body.update(temperature=0.0)
+        try:
+            generated = parse_generations(self._request("POST", COMPLETIONS_PATH, json=body).json(), prompts.shape[0],
+                                          num_beams if not do_sample else 1, new_tokens)
+        except ProtocolError as error:
+            raise ServerError(f"teacher server {self.url}: {error}") from None
+        batch, width = prompts.shape[0], prompts.shape[1] + new_tokens
+        sequences = torch.full((batch, width), pad_token_id, dtype=torch.long)
+        mask = torch.zeros(batch, width, dtype=torch.bool)
+        sequences[:, : prompts.shape[1]] = prompts.cpu()
+        for row, ids in enumerate(generated):
+            if eos_token_id in ids:  # what follows a first <eos> is padding (a server that ignored it)
+                ids = ids[: ids.index(eos_token_id) + 1]
+            sequences[row, prompts.shape[1] : prompts.shape[1] + len(ids)] = torch.tensor(ids, dtype=torch.long)
+            mask[row, prompts.shape[1] : prompts.shape[1] + len(ids)] = True
+        return sequences, mask
 
     def head(self) -> Head:
         """The teacher's LM head (``hidden`` signal), fetched once."""

@@ -9,6 +9,13 @@ per prompt token, the first ``null``, entry ``j`` mapping token ids (JSON string
 :math:`\log p(\cdot \mid x_{<j})`, i.e. the teacher's logits row ``j - 1``. ``GET /v1/models``
 lists the served names and ``max_model_len``.
 
+The same endpoint generates (what ``seq-kd`` asks of a teacher): ``{"model", "prompt": [[ids...],
+...], "max_tokens": n, "temperature": t, "return_token_ids": true}`` continues each prompt by up to
+n tokens, greedily at ``t = 0`` or sampled at t (``seed`` fixes the draw), or with beam search
+(``"use_beam_search": true, "n": beams``: n choices per prompt, the best first), stopping at
+``<eos>``. Choice ``i * n + j`` answers prompt ``i``; its ``token_ids`` are the generated ids, the
+``<eos>`` included (vLLM's ``return_token_ids``), ``finish_reason`` ``stop`` at ``<eos>``.
+
 **Binary extension** (our server only): ``POST /anydistill/v1/signals`` with JSON
 ``{"model", "input_ids": [B][L], "attention_mask": [B][L], "signal": "topk" | "adaptive" |
 "hidden", ...options}`` answers a safetensors file (``application/octet-stream``) holding the
@@ -141,30 +148,57 @@ def _check_size(tokens: int, max_tokens: int) -> None:
 
 @dataclass(frozen=True)
 class CompletionRequest:
-    """A parsed OpenAI-compatible request: the prompts (lists of ids) and ``k`` of ``prompt_logprobs``."""
+    """A parsed OpenAI-compatible request: the prompts (lists of ids) and either ``k`` of
+    ``prompt_logprobs`` (scoring) or the generation settings (``k`` None)."""
 
     prompts: list[list[int]]
-    k: int
+    k: int | None
+    max_tokens: int = 1
+    temperature: float = 0.0
+    beams: int = 1
+    seed: int = 0
 
 
 def parse_completion_request(body: Any, *, model: str, vocab: int, max_tokens: int, max_logprobs: int) -> CompletionRequest:
-    """Check a ``/v1/completions`` body for the subset served here: token-id prompts, ``prompt_logprobs``
-    set, ``max_tokens`` 1 (as vLLM, which refuses 0 without ``echo``)."""
+    """Check a ``/v1/completions`` body for the subset served here: token-id prompts, and either
+    ``prompt_logprobs`` with ``max_tokens`` 1 (scoring, as vLLM, which refuses 0 without ``echo``) or
+    a generation (greedy, sampled or beam search; see the module docstring)."""
     if not isinstance(body, dict):
         raise ProtocolError("the request body must be a JSON object.")
     _check_model(body.get("model"), model)
     prompt = body.get("prompt")
     prompts = [prompt] if isinstance(prompt, list) and prompt and all(is_int(x) for x in prompt) else prompt
     prompts = _int_rows(prompts, "prompt")
-    k = body.get("prompt_logprobs")
+    if any(x < 0 or x >= vocab for p in prompts for x in p):
+        raise ProtocolError(f"token ids must lie in [0, {vocab}) (the teacher's vocabulary).")
+    k, new = body.get("prompt_logprobs"), body.get("max_tokens", 16)
+    if k is None:
+        return _generation_request(body, prompts, new, max_tokens)
     if not (isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= min(max_logprobs, vocab)):
         raise ProtocolError(f"'prompt_logprobs' must be an integer in [1, {min(max_logprobs, vocab)}] (--max-logprobs); got {k!r}.")
     if body.get("max_tokens", 1) != 1:
-        raise ProtocolError("this server scores prompts only: 'max_tokens' must be 1.")
+        raise ProtocolError("this server scores prompts with 'prompt_logprobs' and 'max_tokens' 1, or generates without 'prompt_logprobs'.")
     _check_size(sum(len(p) for p in prompts), max_tokens)
-    if any(x < 0 or x >= vocab for p in prompts for x in p):
-        raise ProtocolError(f"token ids must lie in [0, {vocab}) (the teacher's vocabulary).")
     return CompletionRequest(prompts, k)
+
+
+def _generation_request(body: dict, prompts: list[list[int]], new: Any, max_tokens: int) -> CompletionRequest:
+    if not (is_int(new) and new >= 1):
+        raise ProtocolError(f"'max_tokens' must be a positive integer; got {new!r}.")
+    temperature, beam = body.get("temperature", 1.0), bool(body.get("use_beam_search", False))
+    if not (is_finite_number(temperature) and temperature >= 0):
+        raise ProtocolError(f"'temperature' must be a number >= 0; got {temperature!r}.")
+    n, seed = body.get("n", 1), body.get("seed", 0)
+    if not (is_int(n) and n >= 1) or (n > 1 and not beam):
+        raise ProtocolError("'n' > 1 is served with 'use_beam_search' only (n beams, the best first): ask for one sample per prompt.")
+    if not is_int(seed if seed is not None else 0):
+        raise ProtocolError(f"'seed' must be an integer; got {seed!r}.")
+    unsupported = [key for key, plain in (("top_k", (None, -1, 0)), ("top_p", (None, 1)), ("ignore_eos", (None, False)), ("stream", (None, False)))
+                   if body.get(key) not in plain]
+    if unsupported:
+        raise ProtocolError(f"this server samples from the whole distribution and stops at <eos>: remove {', '.join(unsupported)}.")
+    _check_size(sum(len(p) + new for p in prompts) * n, max_tokens)
+    return CompletionRequest(prompts, None, int(new), 0.0 if beam else float(temperature), int(n) if beam else 1, int(seed or 0))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -222,6 +256,36 @@ def completion_response(model: str, prompts: list[list[int]], logprobs: list[Ten
     tokens = sum(len(p) for p in prompts)
     return {"id": f"cmpl-{uuid.uuid4().hex[:16]}", "object": "text_completion", "created": int(time.time()), "model": model,
             "choices": choices, "usage": {"prompt_tokens": tokens, "completion_tokens": len(prompts), "total_tokens": tokens + len(prompts)}}
+
+
+def generation_response(model: str, prompts: list[list[int]], generated: list[list[int]], eos_token_id: int, decode: Any = None) -> dict:
+    """vLLM's ``/v1/completions`` answer for a generation: choice ``c`` holds ``generated[c]`` (the
+    ids after its prompt, ``<eos>`` included), ``beams = len(generated) / len(prompts)`` per prompt."""
+    import time
+    import uuid
+
+    beams = len(generated) // max(len(prompts), 1)
+    choices = [{"index": c, "text": decode(ids) if decode is not None else "", "token_ids": ids, "logprobs": None,
+                "finish_reason": "stop" if ids and ids[-1] == eos_token_id else "length", "stop_reason": None,
+                "prompt_token_ids": prompts[c // beams]} for c, ids in enumerate(generated)]
+    tokens, made = sum(len(p) for p in prompts), sum(len(ids) for ids in generated)
+    return {"id": f"cmpl-{uuid.uuid4().hex[:16]}", "object": "text_completion", "created": int(time.time()), "model": model,
+            "choices": choices, "usage": {"prompt_tokens": tokens, "completion_tokens": made, "total_tokens": tokens + made}}
+
+
+def parse_generations(body: Any, prompts: int, beams: int, max_tokens: int) -> list[list[int]]:
+    """The best continuation of each prompt (``token_ids`` of choice ``i * beams``) from a generation answer."""
+    choices = sorted(body.get("choices") or [], key=lambda c: c.get("index", 0)) if isinstance(body, dict) else []
+    if len(choices) != prompts * beams:
+        raise ProtocolError(f"the answer holds {len(choices)} choices for {prompts} prompts x {beams} beams.")
+    best = []
+    for choice in choices[::beams]:
+        ids = choice.get("token_ids")
+        if not isinstance(ids, list) or not all(is_int(t) for t in ids) or len(ids) > max_tokens:
+            raise ProtocolError("a choice lacks 'token_ids' (up to max_tokens ids): the server must answer 'return_token_ids' "
+                                "(vLLM >= 0.10.2, or anydistill serve-teacher).")
+        best.append([int(t) for t in ids])
+    return best
 
 
 def _logprob(value: float, rank: int, token: int, decode: Any) -> dict:

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from anydistill.core.teacher import Teacher
 from anydistill.lm.adaptive_topk import adaptive_sparsify
-from anydistill.lm.common import causal_logits, teacher_logits
+from anydistill.lm.common import causal_logits, generate, teacher_logits
 from anydistill.lm.head import head_problem, lm_head, teacher_hidden
 from anydistill.lm.teacher_kernels import fuse_teacher_activations
 from anydistill.lm.served.protocol import (
@@ -41,6 +41,7 @@ from anydistill.lm.served.protocol import (
     SignalRequest,
     completion_response,
     encode_tensors,
+    generation_response,
     parse_completion_request,
     parse_signal_request,
 )
@@ -122,13 +123,47 @@ class TeacherService:
         return encode_tensors(tensors, self.fingerprint, signal="head")
 
     def completions(self, body: Any) -> dict:
-        """``/v1/completions`` with ``prompt_logprobs`` (vLLM's answer shape)."""
+        """``/v1/completions``: prompt scoring with ``prompt_logprobs``, or a generation (vLLM's answer shapes)."""
         request = parse_completion_request(body, model=self.name, vocab=self.vocab, max_tokens=self.max_tokens,
                                            max_logprobs=self.max_logprobs)
+        if request.k is None:
+            with self.lock:
+                generated = self._generate(request)
+            decode = self.tokenizer.decode if self.tokenizer is not None else None
+            return generation_response(self.name, request.prompts, generated, self.special_ids()[0], decode=decode)
         with self.lock:
             parts = self._prompt_logprobs(request)
         decode = (lambda token: self.tokenizer.decode([token])) if self.tokenizer is not None else None
         return completion_response(self.name, request.prompts, *parts, decode=decode)
+
+    def special_ids(self) -> tuple[int, int]:
+        """``(eos, pad)`` ids of the teacher (its config, else its tokenizer's; pad falls back to eos)."""
+        config = self.teacher.model.config
+        eos = getattr(config, "eos_token_id", None)
+        eos = eos if eos is not None else getattr(self.tokenizer, "eos_token_id", None)
+        if eos is None:
+            raise ProtocolError("this teacher has no <eos> id (config.eos_token_id), so it cannot generate: serve a folder with a tokenizer.",
+                                status=422)
+        pad = getattr(config, "pad_token_id", None)
+        return eos, pad if pad is not None else eos
+
+    def _generate(self, request: CompletionRequest) -> list[list[int]]:
+        """Each prompt's continuations (``request.beams`` of them, the best first), cut after ``<eos>``,
+        as `lm.common.generate` makes them; prompts of one length are continued together."""
+        eos, pad = self.special_ids()
+        model, answers = self.teacher.model, {}
+        by_length: dict[int, list[int]] = {}
+        for i, prompt in enumerate(request.prompts):
+            by_length.setdefault(len(prompt), []).append(i)
+        for rows in by_length.values():
+            prompts = torch.tensor([request.prompts[i] for i in rows], device=model.device)
+            with torch.random.fork_rng(devices=[]):  # the request's seed, never the server's own stream
+                torch.manual_seed(request.seed)
+                ids, mask = generate(model, prompts, request.max_tokens, do_sample=request.temperature > 0, temperature=request.temperature or 1.0,
+                                     num_beams=request.beams, eos_token_id=eos, pad_token_id=pad, beams_returned=request.beams)
+            for position, (sequence, keep) in enumerate(zip(ids.cpu(), mask.cpu())):
+                answers[rows[position // request.beams] * request.beams + position % request.beams] = sequence[keep].tolist()
+        return [answers[c] for c in range(len(request.prompts) * request.beams)]
 
     def _prompt_logprobs(self, request: CompletionRequest) -> tuple[list, list, list, list]:
         """Per prompt: top-k values and ids [n-1, k], the actual tokens' log-probs and ranks [n-1]."""
