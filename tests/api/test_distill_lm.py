@@ -152,3 +152,24 @@ def test_bad_inputs_are_one_recipe_error_in_the_recipes_words(tmp_path: Path, fo
     with pytest.raises(RecipeError, match=r"The student's vocabulary \(20 logits\) is smaller than the tokenizer's 47 ids"):
         anydistill.distill(teacher, gpt2_lm(vocab_size=20, n_layer=1, n_embd=16, n_head=2, n_positions=32), conversations(24), **call)
     assert not runs.exists()
+
+
+def test_several_teachers_by_name_route_each_row(tmp_path: Path, folder: Path) -> None:
+    """teacher={name: module or folder} with mix="route": a row per teacher, NLL per domain, the
+    in-memory teacher recorded under teachers.NAME; a bare teacher with mix is refused in one line."""
+    from transformers import AutoModelForCausalLM
+
+    other = save_tiny_llama(tmp_path / "other", seed=3)
+    rows = [{"prompt": p, "completion": c, "domain": d} for p, c, d in
+            [("what is two plus two ?", "it is four .", "math"), ("name a colour .", "red is a colour .", "chat")] * 12]
+    result = anydistill.distill({"math": AutoModelForCausalLM.from_pretrained(folder), "chat": other},
+                                {"name": "hf-causal-lm", "path": folder, "keep_layers": [0, 2]}, rows, method="lm-kd", mix="route",
+                                tokenizer=folder, data_options={"block_size": 16, "domain_column": "domain"}, batch_size=4,
+                                trainer={"max_steps": 2, **QUIET}, evaluation=SMALL, run_dir=tmp_path / "run")
+    assert {"teacher-math", "teacher-chat", "lm-kd"} <= set(result.rows)
+    assert result.rows["lm-kd"]["nll_math"] > 0 and result.rows["lm-kd"]["nll_chat"] > 0
+    config = yaml.safe_load((result.run_dir / "config.yaml").read_text())
+    assert config["teachers"]["math"]["name"] == "in-memory" and config["teachers"]["chat"]["path"] == str(other)
+    assert config["mix"]["strategy"] == "route"
+    with pytest.raises(RecipeError, match=r"^distill\(\): teacher: with mix, give the teachers by name"):
+        anydistill.distill(folder, folder, rows, method="lm-kd", mix="average", runs=tmp_path / "runs")

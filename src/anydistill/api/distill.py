@@ -28,6 +28,7 @@ def distill(
     method: str = "kd",
     *,
     tokenizer: Any = None,
+    mix: str | dict[str, Any] | None = None,
     label: str | None = None,
     epochs: int | None = None,
     batch_size: int | None = None,
@@ -52,7 +53,8 @@ def distill(
     Args:
         teacher: an ``nn.Module`` (used as is, frozen), a model name or ``{name: ..., options}``
             mapping, or the folder / ``model.safetensors`` of a run's exported model. None for
-            methods without a teacher (``scratch``, most dataset-distillation methods).
+            methods without a teacher (``scratch``, most dataset-distillation methods). With ``mix``,
+            several teachers by name: ``{"math": folder, "code": module}``.
         student: an ``nn.Module`` (copied for every method, so each starts from its weights), a
             model name or mapping (``"synthetic-set"`` / ``{"name": "synthetic-set", "ipc": 10}``
             for dataset distillation).
@@ -64,6 +66,9 @@ def distill(
             TRL's formats (``text``; ``prompt`` + ``completion``; ``messages``). Diffusion: points
             ``[N, 2]`` or images ``[N, C, H, W]``, optionally ``(X, y)`` for class-conditional models.
         method: a registered method name (``anydistill methods``).
+        mix: how several teachers make one signal (the recipe's ``mix``: ``"route"``, ``"average"``,
+            ``{"strategy": "weighted", "weights": {...}}``; docs/several-teachers.md); ``route``
+            reads each row's teacher from ``data_options={"domain_column": ...}``.
         tokenizer: language models: a transformers tokenizer or the folder it was saved to
             (``data.tokenizer``); default: the teacher's folder when the teacher is given as one
             (a folder path or ``{name: hf-causal-lm, path: ...}``), else the student's.
@@ -92,6 +97,8 @@ def distill(
     family = known.family if known is not None else None
     inputs, problems, raw = Inputs(trains_teacher=known is not None and known.trains == "teacher"), [], {"name": name or f"{method}-python", "seed": seed}
     failed = set()
+    if mix is not None:
+        raw["mix"], teacher = mix, _several_teachers(teacher, inputs, family, raw, problems, failed)
     for role, value, convert in (("teacher", teacher, inputs.model), ("student", student, inputs.model), ("data", data, inputs.data)):
         if value is None:
             if role == "data":
@@ -124,13 +131,32 @@ def distill(
     return result
 
 
+def _several_teachers(teachers: Any, inputs: Inputs, family: str | None, raw: dict[str, Any], problems: list[str], failed: set[str]) -> None:
+    """``raw["teachers"]`` from ``{name: teacher}`` (each as ``teacher`` takes one); returns None,
+    the single ``teacher`` argument being used up."""
+    if not isinstance(teachers, dict) or not teachers or "name" in teachers:
+        problems.append("teacher: with mix, give the teachers by name: teacher={'math': model_or_folder, 'code': ...}.")
+        failed.add("teachers")
+        return None
+    raw["teachers"] = {}
+    for name, value in teachers.items():
+        try:
+            raw["teachers"][name] = inputs.model(value, f"teachers.{name}")
+            _check_module(value, f"teachers.{name}", family)
+        except ValueError as error:
+            problems.append(str(error))
+            failed.add("teachers")
+    return None
+
+
 def _data_options(family: str | None, tokenizer: Any, data: Any, raw: dict[str, Any], inputs: Inputs) -> dict[str, Any]:
     """The family's keywords for the data section: a language model's tokenizer, by default (for
     text in memory or an ``lm-dataset`` mapping) the teacher's folder, else the student's, as the
     recipes name it."""
     named = isinstance(data, str) or (isinstance(data, dict) and "name" in data)
     if tokenizer is None and family == "lm" and (not named or (isinstance(data, dict) and data["name"] == "lm-dataset")):
-        tokenizer = inputs.folder_of(raw.get("teacher")) or inputs.folder_of(raw.get("student"))
+        first = next(iter((raw.get("teachers") or {}).values()), None)  # several teachers share the first's tokenizer
+        tokenizer = inputs.folder_of(raw.get("teacher") or first) or inputs.folder_of(raw.get("student"))
     return {"tokenizer": tokenizer} if tokenizer is not None else {}
 
 

@@ -79,7 +79,7 @@ class Inputs:
             if str(value) not in MODELS and causal_lm_folder(path):  # save_pretrained wrote it (a run's LM export too)
                 return {"name": "hf-causal-lm", "path": str(value)}
             weights = path / "model.safetensors" if path.is_dir() else path
-            if weights.suffix == ".safetensors" and role == "teacher":
+            if weights.suffix == ".safetensors" and role.startswith("teacher"):
                 spec = weights.with_name("model.json")
                 if not weights.is_file() or not spec.is_file():
                     raise ValueError(f"teacher: '{value}' needs model.safetensors and the model.json beside it (what a run's "
@@ -139,11 +139,12 @@ class Inputs:
         its record, the options it was given kept."""
         out = copy.deepcopy(resolved)
         for role, entry in self.entries.items():
-            section = dict(out.get(role) or {})
+            owner, key = (out.setdefault("teachers", {}), role.split(".", 1)[1]) if role.startswith("teachers.") else (out, role)
+            section = dict(owner.get(key) or {})
             section.pop("name", None)
             # An option left unset (an in-memory text's tokenizer folder) does not hide what the record says of it.
             section = {k: v for k, v in section.items() if not (v is None and k in entry.record)}
-            out[role] = {"name": "in-memory", **entry.record, **section}
+            owner[key] = {"name": "in-memory", **entry.record, **section}
         return out
 
     @staticmethod
