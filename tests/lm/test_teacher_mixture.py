@@ -172,3 +172,18 @@ def test_resume_refuses_a_changed_teacher(tmp_path, teachers) -> None:
     swapped = TeacherMixture({"plays": teachers["plays"], "poems": tiny_teacher(300)}, "average")
     with pytest.raises(RunDirError, match="teacher poems changed since this run started"):
         check_teachers(run_dir, swapped, resume=True)
+
+
+def test_a_served_teacher_in_a_mixture_is_asked_one_batch_ahead(data, teachers) -> None:
+    """lm-kd pipelines a served member's requests (its routed rows only) and learns what it learns in-process."""
+    local = LMKD(tiny_lm(0), TeacherMixture(teachers, "route"), OPTIMIZER, alpha=0.5)
+    fit(local, data, steps=4)
+    with running(TeacherService(teachers["poems"], name="poems")) as url:
+        served = ServedTeacher(url, signal="hidden", dtype="float32")
+        served.connect()
+        ours = LMKD(tiny_lm(0), TeacherMixture({"plays": teachers["plays"], "poems": served}, "route"), OPTIMIZER, alpha=0.5)
+        fit(ours, data, steps=4)
+        served.close()
+    assert served.prefetch_hits >= 3 and "train_dataloader" not in vars(data)  # asked ahead; the loader given back
+    for name, value in state(local.student).items():
+        torch.testing.assert_close(state(ours.student)[name], value, rtol=1e-4, atol=1e-5)

@@ -222,6 +222,28 @@ class TeacherMixture:
 
     # -- the signal -----------------------------------------------------------------------------
 
+    @property
+    def prefetch_enabled(self) -> bool:
+        """Whether a served teacher asks one batch ahead (`lm.served.use.pipeline`)."""
+        return any(is_served(m.teacher) and m.teacher.prefetch_enabled for m in self.members)
+
+    def prefetch_batch(self, batch: dict[str, Tensor]) -> None:
+        """Ask each served teacher for its rows of the data ``batch`` (``route``: its own examples
+        only) in the background, while the student steps on the batch before."""
+        for i, member in enumerate(self.members):
+            if is_served(member.teacher) and member.teacher.prefetch_enabled:
+                rows = self.rows_of(i, batch)
+                if rows is None or rows.numel():
+                    take = (lambda t: t) if rows is None else (lambda t: t[rows.to(t.device)])  # noqa: E731
+                    mask = batch.get("attention_mask")
+                    member.teacher.prefetch(tuple(take(batch["index"]).tolist()), take(batch["input_ids"]), None if mask is None else take(mask))
+
+    def rows_of(self, i: int, batch: dict[str, Tensor]) -> Tensor | None:
+        """The batch rows member ``i`` answers: those routed to it (``route``), or all (None)."""
+        if self.mix != "route":
+            return None
+        return (self.route.to(batch["domain"].device)[batch["domain"]] == i).nonzero().squeeze(1)
+
     def log_probs(self, batch: dict[str, Tensor], input_ids: Tensor | None = None, attention_mask: Tensor | None = None) -> Tensor:
         """The mixed teacher log-probabilities ``[B, L-1, V]`` (fp32) for the data ``batch``, or for
         other sequences ``input_ids``/``attention_mask`` [B, L] of the same examples (a student's
@@ -230,10 +252,9 @@ class TeacherMixture:
         ids = batch["input_ids"] if on_data else input_ids
         mask = batch.get("attention_mask") if on_data else attention_mask
         if self.mix == "route":
-            owner = self.route.to(batch["domain"].device)[batch["domain"]]
             out = torch.empty(ids.shape[0], ids.shape[1] - 1, self.vocab, device=ids.device)
             for i, member in enumerate(self.members):
-                rows = (owner == i).nonzero().squeeze(1)
+                rows = self.rows_of(i, batch).to(ids.device)
                 if rows.numel():
                     out[rows] = self.member_log_probs(member, batch, ids, mask, rows, on_data)
             return out
@@ -252,8 +273,8 @@ class TeacherMixture:
         if member.signals is not None and on_data:
             sparse = member.signals.rows(take(batch["index"]), device=ids.device)
             return densify_rows(sparse.logprobs, sparse.indices, sparse.tail_logprob, self.vocab).reshape(*shape, self.vocab)
-        if is_served(member.teacher):
-            signal = member.teacher.rows(ids, mask)
+        if is_served(member.teacher):  # the rows asked for one batch ahead (`prefetch_batch`), or asked now
+            signal = member.teacher.rows_for(tuple(take(batch["index"]).tolist()), ids, mask) if on_data else member.teacher.rows(ids, mask)
             if isinstance(signal, Tensor):  # hidden states: through the teacher's head
                 return F.log_softmax(hidden_logits(signal.to(ids.device), member.teacher.head())[..., : self.vocab].float(), dim=-1)
             wide = densify_rows(signal.logprobs.to(ids.device), signal.indices.to(ids.device),

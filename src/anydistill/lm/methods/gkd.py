@@ -111,6 +111,8 @@ class GKD(DistillationMethod):
         data = self.trainer.datamodule
         if is_mixture(self.teacher):
             self.vocab = self.teacher.prepare("gkd", data, self.student)
+            if self.lmbda == 0 and stage == "fit":
+                pipeline(self.teacher, data)
         served = is_served(self.teacher)
         if served:
             self.vocab = served_vocab("gkd", self.teacher, data, self.vocab)
@@ -133,7 +135,7 @@ class GKD(DistillationMethod):
         self.teacher_head = self.teacher.head() if served and self.teacher.signal == "hidden" else None
 
     def teardown(self, stage: str) -> None:
-        if is_served(self.teacher) and self.trainer is not None and self.trainer.datamodule is not None:
+        if (is_served(self.teacher) or is_mixture(self.teacher)) and self.trainer is not None and self.trainer.datamodule is not None:
             unpipeline(self.trainer.datamodule)
 
     def completions(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, bool]:

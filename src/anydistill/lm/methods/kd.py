@@ -150,11 +150,11 @@ class LMKD(DistillationMethod):
         elif is_served(self.signals) and self.signals.signal == "hidden":
             self.teacher_head = self.signals.head()
 
-        if is_served(self.teacher) and stage == "fit":
+        if (is_served(self.teacher) or is_mixture(self.teacher)) and stage == "fit":
             pipeline(self.teacher, self.trainer.datamodule)
 
     def teardown(self, stage: str) -> None:
-        if is_served(self.teacher) and self.trainer is not None and self.trainer.datamodule is not None:
+        if (is_served(self.teacher) or is_mixture(self.teacher)) and self.trainer is not None and self.trainer.datamodule is not None:
             unpipeline(self.trainer.datamodule)
 
     def teacher_signal(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | SparseTeacher:

@@ -108,7 +108,9 @@ class LookaheadLoader:
             yield current
 
     def _ask(self, batch: Any) -> Any:
-        if batch is not None:
+        if batch is not None and hasattr(self.teacher, "prefetch_batch"):  # several teachers: each served one its rows
+            self.teacher.prefetch_batch(batch)
+        elif batch is not None:
             self.teacher.prefetch(_key(batch), batch["input_ids"], batch.get("attention_mask"))
         return batch
 
