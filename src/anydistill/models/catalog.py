@@ -15,6 +15,7 @@ MODELS = {
     "gru": "anydistill.models.gru:gru",
     "ccexam-mnistnet": "anydistill.models.ccexam:ccexam_mnistnet",
     "mlp-denoiser": "anydistill.models.flow_denoisers:mlp_flow_denoiser",
+    "analytic-mixture": "anydistill.diffusion.analytic_mixture:analytic_mixture",
     "conv-denoiser": "anydistill.models.flow_denoisers:conv_flow_denoiser",
     "diffusers-unet": "anydistill.models.flow_denoisers:diffusers_unet_denoiser",
     "diffusers-folder": "anydistill.models.diffusers_folder:diffusers_folder",
