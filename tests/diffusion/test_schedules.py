@@ -244,3 +244,28 @@ def test_invalid_hyperparameters_are_reported_together():
         TrigFlow(sigma_d=0)
     with pytest.raises(ValueError, match="'s' parameter of VPCosine"):
         VPCosine(s=-0.1)
+
+
+def test_vp_cosine_alpha_is_exactly_zero_at_t_max_in_fp32() -> None:
+    """cos(pi/2) rounds to -4.4e-8 in fp32; clamped, pure noise has alpha 0 and a positive alpha never flips sign."""
+    schedule = VPCosine()
+    t = torch.tensor([1.0, 1.0 - 1e-7, 0.5], dtype=torch.float32)
+    alpha = schedule.alpha(t)
+    assert alpha[0].item() == 0.0 and (alpha >= 0).all()
+    k = math.pi / (2 * 1.008)
+    assert schedule.alpha(t.double())[2].item() == pytest.approx(math.cos((0.5 + 0.008) * k) / math.cos(0.008 * k), rel=1e-12)
+
+
+def test_an_eps_model_at_pure_noise_is_refused_in_one_line() -> None:
+    from anydistill.catalog import load_recipe
+    from anydistill.core.errors import RecipeError
+
+    recipe = {"name": "eps", "data": {"name": "toy2d", "num_train": 256},
+              "teacher": {"name": "mlp-denoiser", "schedule": "vp-cosine", "prediction": "eps", "hidden": 16, "depth": 1},
+              "student": {"name": "mlp-denoiser", "schedule": "vp-cosine", "prediction": "eps", "hidden": 16, "depth": 1},
+              "trainer": {"max_epochs": 20}, "methods": {"progressive": {}}}
+    with pytest.raises(RecipeError) as error:
+        load_recipe(recipe)
+    assert len(error.value.problems) == 2 and "teacher: an eps-prediction model on the vp-cosine schedule gives no x0 at t_max" in error.value.problems[0]
+    recipe["teacher"]["prediction"] = recipe["student"]["prediction"] = "v"
+    assert load_recipe(recipe).methods

@@ -38,6 +38,18 @@ def check_denoiser(model: object, owner: str) -> None:
         )
 
 
+def pure_noise_problem(model: nn.Module, role: str) -> str | None:
+    """Why a `Denoiser` cannot give x0 from pure noise, or None: an eps prediction on a schedule whose
+    ``alpha(t_max)`` is 0 (every sampler and one-step generator starts there, and x0 = (x_t - sigma eps) / alpha)."""
+    if getattr(model, "prediction", None) != "eps" or getattr(model, "preconditioning", "none") != "none":
+        return None
+    schedule = schedule_of(model)
+    if float(schedule.alpha(torch.tensor(float(schedule.t_max)))) != 0:
+        return None
+    return (f"{role}: an eps-prediction model on the {model.schedule} schedule gives no x0 at t_max, where alpha = 0 (pure noise) and "
+            "x0 = (x_t - sigma eps) / alpha: build it with prediction: v, x0 or velocity (or use a schedule whose alpha(t_max) > 0, ddpm).")
+
+
 def schedule_of(model: nn.Module) -> NoiseSchedule:
     """The `NoiseSchedule` a `Denoiser` was built for; ``schedule_options`` (set by builders whose
     schedule has parameters, e.g. a diffusers folder's betas) are its constructor's arguments."""

@@ -32,7 +32,7 @@ from anydistill.core.export import export_model
 from anydistill.core.recipe import PositiveInt
 from anydistill.core.teacher import Teacher
 from anydistill.diffusion import sample_metrics as sm
-from anydistill.diffusion.common import ODE_SAMPLERS, check_denoiser, labels_for, model_classes, schedule_of
+from anydistill.diffusion.common import ODE_SAMPLERS, check_denoiser, labels_for, model_classes, pure_noise_problem, schedule_of
 from anydistill.diffusion.digit_features import digit_classifier, features_and_logits, frechet_distance, per_class_diversity
 from anydistill.diffusion.generate import generate
 from anydistill.diffusion.plots import sample_panels
@@ -100,6 +100,12 @@ class DiffusionEvaluator(Evaluator):
         if settings.get("teacher_steps", 64) < 2:
             problems.append("teacher_steps must be >= 2 (the teacher's many-step reference; 50 or more is usual).")
         return problems
+
+    @classmethod
+    def model_problems(cls, settings: dict[str, Any], *, teacher_model: nn.Module | None, student_model: nn.Module | None) -> list[str]:
+        """Models that cannot be sampled from pure noise (`pure_noise_problem`), found before any training."""
+        return [p for role, model in (("teacher", teacher_model), ("student", student_model))
+                if model is not None and hasattr(model, "prediction") and (p := pure_noise_problem(model, role))]
 
     def baselines(self, skip: set[str]) -> dict[str, dict[str, Any]]:
         """For 2-D data, ``data``: fresh exact samples of the true distribution, as many points as a

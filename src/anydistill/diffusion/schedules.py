@@ -271,7 +271,9 @@ class VPCosine(NoiseSchedule):
         return (t + self.s) * self._k
 
     def alpha(self, t: Tensor) -> Tensor:
-        return torch.cos(self._phi(t)) / math.cos(self.s * self._k)
+        # cos(pi/2) is -4.4e-8 in fp32: clamped, alpha(t_max) is exactly 0 (pure noise), not a
+        # negative scale whose inverse (eps -> x0) is -2e7.
+        return torch.cos(self._phi(t)).clamp(min=0) / math.cos(self.s * self._k)
 
     def sigma(self, t: Tensor) -> Tensor:
         k = self._k
