@@ -13,7 +13,12 @@ What changes from `dmd`:
   random time, with the softplus (non-saturating) loss: discriminator
   ``softplus(-D(real)) + softplus(D(fake))`` weighted ``gan_weight_discriminator`` (1e-2) and added to
   the fake score's denoising loss; generator ``softplus(-D(fake))`` weighted ``gan_weight_generator``
-  (3e-3). The head trains with the fake score's optimizer, as in the official code;
+  (3e-3). The head trains with the fake score's optimizer, as in the official code. The GAN terms
+  are means over the batch and the DM and denoising losses means over every element, so with
+  ``gan_scale: per-sample`` (the official reduction) a weight's strength grows with the sample size D:
+  3e-3 at ImageNet-64 (D = 12,288) is about 6,000x stronger than at D = 2. ``gan_scale:
+  per-dimension`` divides the weights by D, so a weight is the GAN term's strength per sample against
+  one element's DM term at every size (the official ImageNet-64 balance is 3e-3 x 12,288 = 36.9);
 * **multi-step generation** with ``num_steps`` = K fixed times (SDXL's 999/749/499/249 of 1000,
   i.e. ``t_max (1 - k/K)`` of the range) and **backward simulation**: to train the generator at
   time ``tau_k`` its input is made by running the generator itself from pure noise through the
@@ -43,7 +48,16 @@ from anydistill.diffusion.distribution_matching import (
     fake_score_loss,
     trainable_copy,
 )
+from anydistill.diffusion.teacher import network_output
 from anydistill.diffusion.timesteps import UniformTime
+
+
+def gan_weight(weight: float, scale: str, sample_size: int) -> float:
+    """The weight of a GAN term (a mean over the batch) added to a loss that is a mean over every
+    element of ``B x sample_size``: ``weight`` itself (``per-sample``, the official reduction: per sample
+    the GAN term then counts ``weight x sample_size`` elements' worth) or ``weight / sample_size``
+    (``per-dimension``: it counts ``weight`` elements' worth at every size)."""
+    return weight / sample_size if scale == "per-dimension" else weight
 
 
 def bottleneck_path(model: nn.Module) -> str:
@@ -64,6 +78,8 @@ class DMD2(DistillationMethod):
     Args:
         update_ratio: fake-score (and discriminator) updates per generator update (5; 1 is DMD's 1:1).
         gan_weight_generator, gan_weight_discriminator: GAN loss weights (3e-3, 1e-2); 0 turns the GAN off.
+        gan_scale: ``per-sample`` (the official reduction) or ``per-dimension`` (weights divided by the
+            sample size D: the same balance against the DM term at every D; see `gan_weight`).
         num_steps: K, the generator's steps (1: one-step).
         student_inputs: ``backward-simulation`` or ``noised-data`` (K > 1).
         fake_lr: learning rate of the fake score and head (default the recipe's lr).
@@ -85,6 +101,7 @@ class DMD2(DistillationMethod):
         update_ratio: PositiveInt = 5,
         gan_weight_generator: NonNegativeFloat = 3e-3,
         gan_weight_discriminator: NonNegativeFloat = 1e-2,
+        gan_scale: Literal["per-sample", "per-dimension"] = "per-sample",
         num_steps: PositiveInt = 1,
         student_inputs: Literal["backward-simulation", "noised-data"] = "backward-simulation",
         fake_lr: PositiveFloat | None = None,
@@ -100,6 +117,7 @@ class DMD2(DistillationMethod):
         self.update_ratio, self.gan_weight_generator, self.gan_weight_discriminator = update_ratio, gan_weight_generator, gan_weight_discriminator
         self.num_steps, self.student_inputs, self.fake_lr = num_steps, student_inputs, fake_lr
         self.t_low, self.t_high, self.cfg, self.head_hidden = t_low, t_high, cfg, head_hidden
+        self.gan_scale = gan_scale
 
     def starts_from_teacher(self) -> bool:
         return True
@@ -130,8 +148,9 @@ class DMD2(DistillationMethod):
             shape = (2, config.in_channels, config.sample_size, config.sample_size)
         else:
             shape = (2, *net.input_shape)
+        t = torch.full((2,), 0.5 * (self.schedule.t_min + self.schedule.t_max))
         with torch.no_grad(), capture_features(self.fake, [self.tap]) as features:
-            self.fake(torch.zeros(shape), torch.full((2,), 0.5), None)
+            network_output(self.fake, self.schedule, torch.zeros(shape), t, None, self.fake.preconditioning)
         return features[self.tap][0].numel()
 
     def configure_optimizers(self):
@@ -165,8 +184,8 @@ class DMD2(DistillationMethod):
         """Logits ``[B]`` of the head on the fake score's bottleneck at ``x`` noised at a random time."""
         t = UniformTime().sample(x.shape[0], self.schedule, generator=None, device=x.device)
         x_t = self.schedule.add_noise(x, self.schedule.sample_noise(x, None), t)
-        with capture_features(self.fake, [self.tap]) as features:
-            self.fake(x_t, t, cond)
+        with capture_features(self.fake, [self.tap]) as features:  # through the preconditioning, as the fake score is trained
+            network_output(self.fake, self.schedule, x_t, t, cond, self.fake.preconditioning)
         return self.head(features[self.tap]).squeeze(1)
 
     # ------------------------------------------------------------------ the step
@@ -190,7 +209,7 @@ class DMD2(DistillationMethod):
             loss_g = loss_dm
             if gan and self.gan_weight_generator > 0:
                 loss_gan_g = F.softplus(-self.discriminate(x, cond)).mean()
-                loss_g = loss_g + self.gan_weight_generator * loss_gan_g
+                loss_g = loss_g + gan_weight(self.gan_weight_generator, self.gan_scale, x[0].numel()) * loss_gan_g
                 self.log_train("train/loss_gan_generator", loss_gan_g, n)
             opt_g.zero_grad()
             self.manual_backward(loss_g)
@@ -206,7 +225,7 @@ class DMD2(DistillationMethod):
         self.log_train("train/loss_fake", loss_c, n)
         if gan and self.gan_weight_discriminator > 0:
             loss_d = F.softplus(self.discriminate(fake_x, cond)).mean() + F.softplus(-self.discriminate(real, cond)).mean()
-            loss_c = loss_c + self.gan_weight_discriminator * loss_d
+            loss_c = loss_c + gan_weight(self.gan_weight_discriminator, self.gan_scale, real[0].numel()) * loss_d
             self.log_train("train/loss_discriminator", loss_d, n)
         opt_c.zero_grad()  # also drops what the generator's GAN term left in the fake score's grads
         self.manual_backward(loss_c)
