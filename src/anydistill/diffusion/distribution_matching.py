@@ -12,7 +12,7 @@ from anydistill.diffusion.common import predict
 from anydistill.diffusion.schedules import NoiseSchedule
 from anydistill.diffusion.targets import dmd_gradient, dmd_surrogate_loss
 from anydistill.diffusion.teacher import DiffusionTeacher, denoiser_loss
-from anydistill.diffusion.timesteps import UniformTime
+from anydistill.diffusion.timesteps import KarrasTime, TimeSampler, UniformTime
 
 
 def trainable_copy(model: nn.Module) -> nn.Module:
@@ -20,8 +20,11 @@ def trainable_copy(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model).train().requires_grad_(True)
 
 
-def dm_time_sampler(schedule: NoiseSchedule, low_fraction: float, high_fraction: float) -> UniformTime:
-    """``t ~ U`` over ``[low, high]`` fractions of the schedule's range (DMD: 0.02 T to 0.98 T)."""
+def dm_time_sampler(schedule: NoiseSchedule, low_fraction: float, high_fraction: float, sampling: str = "uniform") -> TimeSampler:
+    """``t ~ U`` over ``[low, high]`` fractions of the schedule's range (DMD: 0.02 T to 0.98 T), or
+    (``karras``) a uniform index over those fractions of the Karras grid (DMD2's EDM code: 20 .. 980 of 1,000)."""
+    if sampling == "karras":
+        return KarrasTime(low=low_fraction, high=high_fraction)
     span = schedule.t_max - schedule.t_min
     return UniformTime(schedule.t_min + low_fraction * span, schedule.t_min + high_fraction * span)
 
@@ -45,12 +48,15 @@ def distribution_matching_loss(
     return dmd_surrogate_loss(x, grad, reduction="mean")
 
 
-def fake_score_loss(fake: nn.Module, schedule: NoiseSchedule, x: Tensor, cond: Tensor | None) -> Tensor:
+def fake_score_loss(fake: nn.Module, schedule: NoiseSchedule, x: Tensor, cond: Tensor | None, *,
+                    times: TimeSampler | None = None, weighting: str = "none") -> Tensor:
     """The fake score's denoising loss on (detached) generator samples, in its own prediction kind,
-    ``t`` uniform over the schedule's range: it tracks the score of the generator's distribution."""
+    ``t`` from ``times`` (default uniform over the schedule's range): it tracks the score of the
+    generator's distribution. DMD2's EDM code: ``KarrasTime()`` and ``weighting="edm"``, the x0 loss
+    weighted :math:`\sigma^{-2} + \sigma_d^{-2}` (`denoiser_loss`)."""
     x = x.detach()
-    t = UniformTime().sample(x.shape[0], schedule, generator=None, device=x.device)
-    return denoiser_loss(fake, schedule, x, t, schedule.sample_noise(x, None), cond, fake.prediction,
+    t = (times or UniformTime()).sample(x.shape[0], schedule, generator=None, device=x.device)
+    return denoiser_loss(fake, schedule, x, t, schedule.sample_noise(x, None), cond, fake.prediction, weighting,
                          preconditioning=fake.preconditioning)
 
 

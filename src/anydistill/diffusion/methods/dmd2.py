@@ -49,7 +49,7 @@ from anydistill.diffusion.distribution_matching import (
     trainable_copy,
 )
 from anydistill.diffusion.teacher import network_output
-from anydistill.diffusion.timesteps import UniformTime
+from anydistill.diffusion.timesteps import KarrasTime, UniformTime
 
 
 def gan_weight(weight: float, scale: str, sample_size: int) -> float:
@@ -80,6 +80,11 @@ class DMD2(DistillationMethod):
         gan_weight_generator, gan_weight_discriminator: GAN loss weights (3e-3, 1e-2); 0 turns the GAN off.
         gan_scale: ``per-sample`` (the official reduction) or ``per-dimension`` (weights divided by the
             sample size D: the same balance against the DM term at every D; see `gan_weight`).
+        time_sampling: noise levels of the DM term, the fake score and the discriminator: ``uniform``
+            in ``t`` (over ``[t_low, t_high]`` for DM), or ``karras``: a uniform index of the Karras
+            rho-7 grid (DMD2's EDM code; on `EDM` the median sigma is 2.5 where uniform gives 40).
+        fake_weighting: the fake score's loss weight: ``none``, or ``edm`` (DMD2's EDM code:
+            sigma^-2 + sigma_d^-2 on an x0 loss; the EDM schedule with x0 prediction).
         num_steps: K, the generator's steps (1: one-step).
         student_inputs: ``backward-simulation`` or ``noised-data`` (K > 1).
         fake_lr: learning rate of the fake score and head (default the recipe's lr).
@@ -102,6 +107,8 @@ class DMD2(DistillationMethod):
         gan_weight_generator: NonNegativeFloat = 3e-3,
         gan_weight_discriminator: NonNegativeFloat = 1e-2,
         gan_scale: Literal["per-sample", "per-dimension"] = "per-sample",
+        time_sampling: Literal["uniform", "karras"] = "uniform",
+        fake_weighting: Literal["none", "edm"] = "none",
         num_steps: PositiveInt = 1,
         student_inputs: Literal["backward-simulation", "noised-data"] = "backward-simulation",
         fake_lr: PositiveFloat | None = None,
@@ -117,7 +124,7 @@ class DMD2(DistillationMethod):
         self.update_ratio, self.gan_weight_generator, self.gan_weight_discriminator = update_ratio, gan_weight_generator, gan_weight_discriminator
         self.num_steps, self.student_inputs, self.fake_lr = num_steps, student_inputs, fake_lr
         self.t_low, self.t_high, self.cfg, self.head_hidden = t_low, t_high, cfg, head_hidden
-        self.gan_scale = gan_scale
+        self.gan_scale, self.time_sampling, self.fake_weighting = gan_scale, time_sampling, fake_weighting
 
     def starts_from_teacher(self) -> bool:
         return True
@@ -130,7 +137,8 @@ class DMD2(DistillationMethod):
         self.student.load_state_dict(self.teacher.model.state_dict())
         self.fake = trainable_copy(self.teacher.model)
         self.schedule = schedule_of(self.student)
-        self.dm_times = dm_time_sampler(self.schedule, self.t_low, self.t_high)
+        self.dm_times = dm_time_sampler(self.schedule, self.t_low, self.t_high, self.time_sampling)
+        self.critic_times = KarrasTime() if self.time_sampling == "karras" else UniformTime()
         span = self.schedule.t_max - self.schedule.t_min
         # K fixed generator times t_max (1 - k/K) of the range (SDXL: 999, 749, 499, 249 of 1000).
         self.times = [self.schedule.t_min + span * (1 - k / self.num_steps) for k in range(self.num_steps)]
@@ -138,6 +146,12 @@ class DMD2(DistillationMethod):
         width = self.bottleneck_width()
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(width, self.head_hidden), nn.SiLU(), nn.Linear(self.head_hidden, 1))
         self.student.sampling = {"sampler": "multistep", "steps": [self.num_steps], "timesteps": {str(self.num_steps): self.times}}
+
+    def recipe_problems(self, *, teacher_shapes, student_shapes, max_epochs: int) -> list[str]:
+        if self.fake_weighting == "edm" and (getattr(self.student, "schedule", None), getattr(self.student, "prediction", None)) != ("edm", "x0"):
+            return ["dmd2's fake_weighting: edm weights an x0 loss by sigma^-2 + sigma_d^-2 on the EDM schedule: build the models with "
+                    "schedule: edm and prediction: x0, or set fake_weighting: none."]
+        return []
 
     def bottleneck_width(self) -> int:
         net = self.fake.net
@@ -182,7 +196,7 @@ class DMD2(DistillationMethod):
 
     def discriminate(self, x: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         """Logits ``[B]`` of the head on the fake score's bottleneck at ``x`` noised at a random time."""
-        t = UniformTime().sample(x.shape[0], self.schedule, generator=None, device=x.device)
+        t = self.critic_times.sample(x.shape[0], self.schedule, generator=None, device=x.device)
         x_t = self.schedule.add_noise(x, self.schedule.sample_noise(x, None), t)
         with capture_features(self.fake, [self.tap]) as features:  # through the preconditioning, as the fake score is trained
             network_output(self.fake, self.schedule, x_t, t, cond, self.fake.preconditioning)
@@ -221,7 +235,7 @@ class DMD2(DistillationMethod):
                 fake_x = predict(self.student, x_in, t_k, cond, "x0")
 
         # The critic's turn, every iteration: denoising on generator samples (+ the discriminator).
-        loss_c = fake_score_loss(self.fake, self.schedule, fake_x, cond)
+        loss_c = fake_score_loss(self.fake, self.schedule, fake_x, cond, times=self.critic_times, weighting=self.fake_weighting)
         self.log_train("train/loss_fake", loss_c, n)
         if gan and self.gan_weight_discriminator > 0:
             loss_d = F.softplus(self.discriminate(fake_x, cond)).mean() + F.softplus(-self.discriminate(real, cond)).mean()
