@@ -97,15 +97,33 @@ def test_consistency_loss_matches_heun_step_and_ema_target_by_hand() -> None:
     assert loss.item() == pytest.approx((online - target).pow(2).mean().item(), rel=1e-4)
 
 
-def test_consistency_target_is_an_ema_of_the_student() -> None:
+def test_consistency_target_is_an_ema_of_the_student(monkeypatch) -> None:
+    from types import SimpleNamespace
+
     method = ConsistencyDistillation(denoiser(1), Teacher(denoiser(0)), ema_decay=0.9)
     method.setup("fit")
     before = [p.clone() for p in method.target.parameters()]
     perturb(method.student, 3)
+    monkeypatch.setattr(ConsistencyDistillation, "trainer", property(lambda self: SimpleNamespace(global_step=1)))  # a step was taken
     method.on_train_batch_end(None, None, 0)
     for old, new, online in zip(before, method.target.parameters(), method.student.parameters()):
         torch.testing.assert_close(new, 0.9 * old + 0.1 * online)
     assert not any(p.requires_grad for p in method.target.parameters())
+
+
+def test_consistency_ema_moves_once_per_optimizer_step_under_accumulation(monkeypatch) -> None:
+    import lightning as L
+
+    import anydistill.diffusion.methods.consistency as consistency
+    from anydistill.data.toy2d import Toy2DData
+
+    calls = []
+    monkeypatch.setattr(consistency, "ema_update", lambda *args: calls.append(1))
+    method = ConsistencyDistillation(denoiser(1), Teacher(denoiser(0)), num_scales=4)
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=4, accumulate_grad_batches=2, accelerator="cpu", logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(method, datamodule=Toy2DData(num_train=64, num_val=16, num_test=16, batch_size=16))
+    assert trainer.global_step == 2 and len(calls) == 2  # 4 micro-batches, 2 optimizer steps, 2 EMA updates
 
 
 @pytest.mark.parametrize("loss_name", ["l2", "pseudo-huber"])

@@ -10,7 +10,7 @@ the teacher's probability-flow ODE** to :math:`\hat x_{t_n}`
 
 with :math:`\lambda = 1` and ``d`` the squared L2 distance (per element mean) or pseudo-Huber
 (iCT). The target :math:`\theta^-` is an EMA of :math:`\theta` with decay ``ema_decay`` (0.95 in the
-official CD launch scripts), updated after every optimizer step; the student and target start
+official CD launch scripts), updated after every optimizer step (once per accumulation window); the student and target start
 from the teacher's weights, as in the paper.
 
 **Parametrisation.** :math:`f_\theta(x_t, t)` is the student network's ``x0`` prediction (its
@@ -123,5 +123,12 @@ class ConsistencyDistillation(DistillationMethod):
         self.log_train("train/loss", loss, batch["x"].shape[0], prog_bar=True)
         return loss
 
+    def on_train_start(self) -> None:
+        self._ema_step = self.trainer.global_step  # a resumed run has taken steps already
+
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        ema_update(self.target, self.student, self.ema_decay)
+        # Once per optimizer step: with gradient accumulation a micro-batch that only accumulated
+        # leaves the student unchanged, and a per-micro-batch update would decay the target faster.
+        if self.trainer.global_step != getattr(self, "_ema_step", 0):
+            self._ema_step = self.trainer.global_step
+            ema_update(self.target, self.student, self.ema_decay)
