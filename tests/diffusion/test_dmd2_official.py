@@ -84,3 +84,34 @@ def test_edm_fake_weighting_needs_an_edm_x0_model() -> None:
               "student": {"name": "mlp-denoiser", "hidden": 16, "depth": 1}, "methods": {"dmd2": {"fake_weighting": "edm"}}}
     with pytest.raises(RecipeError, match="fake_weighting: edm weights an x0 loss"):
         load_recipe(recipe)
+
+
+def test_official_optimisation_options() -> None:
+    """The recipe's optimizer (AdamW here), gradient clipping of each network, uniform generator classes."""
+    import lightning as L
+
+    from anydistill.core.recipe import OptimizerSpec
+    from anydistill.data.toy2d import Toy2DConditionalData
+
+    build = lambda: mlp_flow_denoiser((2,), 8, hidden=16, depth=2)  # noqa: E731
+    method = DMD2(build(), Teacher(build()), OptimizerSpec(name="adamw", lr=1e-3, weight_decay=0.01), update_ratio=1,
+                  generator_labels="uniform", max_grad_norm=1e-3)
+    norms, labels = [], []
+    real_step = method.step
+
+    def watched(optimizer, loss, parameters):
+        parameters = list(parameters)
+        assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["weight_decay"] == 0.01
+        real_step(optimizer, loss, parameters)
+        norms.append(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in parameters if p.grad is not None])).item())
+
+    method.step = watched
+    original = method.generator_input
+    method.generator_input = lambda k, real, cond: (labels.append(cond.clone()), original(k, real, cond))[1]
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=3, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    data = Toy2DConditionalData(num_train=64, num_val=16, num_test=16, batch_size=32)
+    trainer.fit(method, datamodule=data)
+    assert len(norms) == 4 and max(norms) <= 1e-3 * (1 + 1e-5)  # 2 batches: generator and critic each, clipped
+    drawn = torch.cat(labels)
+    assert drawn.min() >= 0 and drawn.max() < 8 and not torch.equal(drawn[:32], data.split("train")[1][:32])

@@ -10,6 +10,18 @@ import torch
 from anydistill.core.recipe import OptimizerSpec
 
 
+def make_optimizer(spec: OptimizerSpec, params: Iterable[torch.nn.Parameter], lr: float | None = None) -> torch.optim.Optimizer:
+    """The optimizer the `optimizer` section names (sgd, adam, adamw) over the trainable ``params``,
+    at ``lr`` (default the section's): for methods that step several optimizers by hand."""
+    params = [p for p in params if p.requires_grad]
+    lr = spec.lr if lr is None else lr
+    if spec.name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
+    if spec.name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=spec.weight_decay)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=spec.weight_decay)
+
+
 def build_optimizer(spec: OptimizerSpec, params: Iterable[torch.nn.Parameter], total_steps: int) -> dict[str, Any]:
     """A Lightning ``configure_optimizers`` dict for ``params``, stepping the schedule every batch.
 
@@ -18,13 +30,7 @@ def build_optimizer(spec: OptimizerSpec, params: Iterable[torch.nn.Parameter], t
         params: the trainable parameters (student and any auxiliary nets, never the teacher).
         total_steps: optimizer steps of the whole run (``trainer.estimated_stepping_batches``).
     """
-    params = [p for p in params if p.requires_grad]
-    if spec.name == "sgd":
-        optimizer = torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
-    elif spec.name == "adam":
-        optimizer = torch.optim.Adam(params, lr=spec.lr, weight_decay=spec.weight_decay)
-    else:
-        optimizer = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
+    optimizer = make_optimizer(spec, params)
     total_steps = max(1, int(total_steps))
     if spec.schedule == "constant":
         return {"optimizer": optimizer}

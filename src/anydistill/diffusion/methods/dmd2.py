@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from anydistill.core.method import DistillationMethod
+from anydistill.core.optim import make_optimizer
 from anydistill.core.recipe import Fraction, NonNegativeFloat, OptimizerSpec, PositiveFloat, PositiveInt
 from anydistill.core.taps import capture_features
 from anydistill.core.teacher import Teacher
@@ -85,6 +86,11 @@ class DMD2(DistillationMethod):
             rho-7 grid (DMD2's EDM code; on `EDM` the median sigma is 2.5 where uniform gives 40).
         fake_weighting: the fake score's loss weight: ``none``, or ``edm`` (DMD2's EDM code:
             sigma^-2 + sigma_d^-2 on an x0 loss; the EDM schedule with x0 prediction).
+        generator_labels: a conditional generator's classes: the real batch's (``data``) or drawn
+            uniformly (``uniform``, the official code; the discriminator's real branch keeps the
+            real labels either way).
+        max_grad_norm: clip each network's gradient norm before its step (the official 10; None: off).
+        The optimizers are the recipe's (the official code: AdamW, betas (0.9, 0.999), weight decay 0.01).
         num_steps: K, the generator's steps (1: one-step).
         student_inputs: ``backward-simulation`` or ``noised-data`` (K > 1).
         fake_lr: learning rate of the fake score and head (default the recipe's lr).
@@ -109,6 +115,8 @@ class DMD2(DistillationMethod):
         gan_scale: Literal["per-sample", "per-dimension"] = "per-sample",
         time_sampling: Literal["uniform", "karras"] = "uniform",
         fake_weighting: Literal["none", "edm"] = "none",
+        generator_labels: Literal["data", "uniform"] = "data",
+        max_grad_norm: PositiveFloat | None = None,
         num_steps: PositiveInt = 1,
         student_inputs: Literal["backward-simulation", "noised-data"] = "backward-simulation",
         fake_lr: PositiveFloat | None = None,
@@ -125,6 +133,7 @@ class DMD2(DistillationMethod):
         self.num_steps, self.student_inputs, self.fake_lr = num_steps, student_inputs, fake_lr
         self.t_low, self.t_high, self.cfg, self.head_hidden = t_low, t_high, cfg, head_hidden
         self.gan_scale, self.time_sampling, self.fake_weighting = gan_scale, time_sampling, fake_weighting
+        self.generator_labels, self.max_grad_norm = generator_labels, max_grad_norm
 
     def starts_from_teacher(self) -> bool:
         return True
@@ -169,10 +178,18 @@ class DMD2(DistillationMethod):
 
     def configure_optimizers(self):
         spec = self.optimizer_spec
-        generator = torch.optim.Adam(self.student.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
-        critic = torch.optim.Adam([*self.fake.parameters(), *self.head.parameters()], lr=self.fake_lr or spec.lr,
-                                  weight_decay=spec.weight_decay)
+        generator = make_optimizer(spec, self.student.parameters())
+        critic = make_optimizer(spec, [*self.fake.parameters(), *self.head.parameters()], lr=self.fake_lr or spec.lr)
         return [generator, critic]
+
+    def step(self, optimizer, loss: torch.Tensor, parameters) -> None:
+        """One update of one network (manual optimisation: the trainer's clipping does not apply), its
+        gradient norm clipped to ``max_grad_norm`` first when set."""
+        optimizer.zero_grad()
+        self.manual_backward(loss)
+        if self.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(list(parameters), self.max_grad_norm)
+        optimizer.step()
 
     # ------------------------------------------------------------------ the generator
 
@@ -210,7 +227,10 @@ class DMD2(DistillationMethod):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         opt_g, opt_c = self.optimizers()
         real = batch["x"]
-        cond = batch["y"] if self.student.null_class is not None else None
+        real_cond = batch["y"] if self.student.null_class is not None else None
+        cond = real_cond
+        if real_cond is not None and self.generator_labels == "uniform":
+            cond = torch.randint(self.student.null_class, real_cond.shape, device=real_cond.device)  # classes 0 .. K-1
         n = real.shape[0]
         k = int(torch.randint(self.num_steps, ()))
         x_in = self.generator_input(k, real, cond)
@@ -225,9 +245,7 @@ class DMD2(DistillationMethod):
                 loss_gan_g = F.softplus(-self.discriminate(x, cond)).mean()
                 loss_g = loss_g + gan_weight(self.gan_weight_generator, self.gan_scale, x[0].numel()) * loss_gan_g
                 self.log_train("train/loss_gan_generator", loss_gan_g, n)
-            opt_g.zero_grad()
-            self.manual_backward(loss_g)
-            opt_g.step()
+            self.step(opt_g, loss_g, self.student.parameters())
             self.log_train("train/loss_dm", loss_dm, n, prog_bar=True)
             fake_x = x.detach()
         else:
@@ -238,9 +256,8 @@ class DMD2(DistillationMethod):
         loss_c = fake_score_loss(self.fake, self.schedule, fake_x, cond, times=self.critic_times, weighting=self.fake_weighting)
         self.log_train("train/loss_fake", loss_c, n)
         if gan and self.gan_weight_discriminator > 0:
-            loss_d = F.softplus(self.discriminate(fake_x, cond)).mean() + F.softplus(-self.discriminate(real, cond)).mean()
+            loss_d = F.softplus(self.discriminate(fake_x, cond)).mean() + F.softplus(-self.discriminate(real, real_cond)).mean()
             loss_c = loss_c + gan_weight(self.gan_weight_discriminator, self.gan_scale, real[0].numel()) * loss_d
             self.log_train("train/loss_discriminator", loss_d, n)
-        opt_c.zero_grad()  # also drops what the generator's GAN term left in the fake score's grads
-        self.manual_backward(loss_c)
-        opt_c.step()
+        # zero_grad first also drops what the generator's GAN term left in the fake score's grads
+        self.step(opt_c, loss_c, [*self.fake.parameters(), *self.head.parameters()])
