@@ -30,6 +30,7 @@ from typing import Any, Literal
 import torch
 
 from anydistill.core.method import DistillationMethod
+from anydistill.core.optim import make_optimizer
 from anydistill.core.recipe import Fraction, NonNegativeFloat, OptimizerSpec, PositiveFloat, PositiveInt
 from anydistill.core.teacher import Teacher
 from anydistill.diffusion.common import TensorRows, check_denoiser, diffusion_teacher, predict, rows_loader, schedule_of, teacher_pairs
@@ -120,9 +121,7 @@ class DMD(DistillationMethod):
 
     def configure_optimizers(self):
         spec = self.optimizer_spec
-        generator = torch.optim.Adam(self.student.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
-        fake = torch.optim.Adam(self.fake.parameters(), lr=self.fake_lr or spec.lr, weight_decay=spec.weight_decay)
-        return [generator, fake]
+        return [make_optimizer(spec, self.student.parameters()), make_optimizer(spec, self.fake.parameters(), lr=self.fake_lr or spec.lr)]
 
     def generate(self, z: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         """``G_theta(z)``: the student's x0 prediction from pure noise, with gradients."""

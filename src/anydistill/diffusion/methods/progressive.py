@@ -26,6 +26,7 @@ from typing import Literal
 import torch
 
 from anydistill.core.method import DistillationMethod
+from anydistill.core.optim import make_optimizer
 from anydistill.core.recipe import OptimizerSpec, PositiveInt
 from anydistill.core.teacher import Teacher
 from anydistill.diffusion.common import check_denoiser, diffusion_teacher, frozen_copy, predict, schedule_of
@@ -107,11 +108,10 @@ class ProgressiveDistillation(DistillationMethod):
         new_round = self.current_epoch // self.epochs_per_round
         if self.current_epoch % self.epochs_per_round == 0 and 1 <= new_round < self.rounds:
             self.round_teacher.load_state_dict(self.student.state_dict())  # the student becomes the teacher
-            self.optimizers().optimizer.state.clear()  # a fresh Adam per round, as each round is a new run
+            self.optimizers().optimizer.state.clear()  # a fresh optimizer state per round, as each round is a new run
 
     def configure_optimizers(self):
-        optimizer = torch.optim.Adam([p for p in self.student.parameters() if p.requires_grad], lr=self.optimizer_spec.lr,
-                                     weight_decay=self.optimizer_spec.weight_decay)
+        optimizer = make_optimizer(self.optimizer_spec, self.student.parameters())
 
         def linear_within_round(step: int) -> float:
             per_round = self.trainer.num_training_batches * self.epochs_per_round
