@@ -231,6 +231,8 @@ class DiffusionEvaluator(Evaluator):
     # ------------------------------------------------------------------ export and card
 
     def export(self, model: nn.Module, spec: dict[str, Any], directory: Path, method: str) -> Path:
+        # The model's own reading (consistency distillation turns an EDM student into a consistency-parametrised one).
+        spec = {**spec, **({"preconditioning": model.preconditioning} if hasattr(model, "preconditioning") and "preconditioning" in spec else {})}
         path = export_model(model, {**spec, "sampling": getattr(model, "sampling", None)}, directory)
         unet = getattr(getattr(model, "net", None), "unet", None)
         if hasattr(unet, "save_pretrained"):  # a diffusers model is also exported in its own format

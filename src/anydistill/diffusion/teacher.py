@@ -18,7 +18,11 @@ EDM's ``F`` (Karras et al. 2022, Table 1) and the wrapper's native output is the
 .. math::  D(x; \sigma) = c_\text{skip}(\sigma)\,x + c_\text{out}(\sigma)\,
            F(c_\text{in}(\sigma)\,x;\ c_\text{noise}(\sigma)),
 
-an ``x0`` prediction (so ``prediction`` must then be ``"x0"``).
+an ``x0`` prediction (so ``prediction`` must then be ``"x0"``). ``preconditioning="consistency"``
+feeds the network the same EDM inputs and forms the consistency model's boundary-corrected output
+(Song et al. 2023, Appendix C; `targets.consistency_coefficients`): ``f = c_skip' x + c_out' F`` with
+``f(x, t_min) = x`` exactly. Consistency distillation switches an EDM student to it, as the
+official code does with the EDM teacher's weights.
 
 **Classifier-free guidance** (Ho & Salimans 2022) is applied to the *native* output, before any
 conversion: ``out_u + w (out_c - out_u)``. This loses nothing, because guidance is linear in every
@@ -42,7 +46,7 @@ from anydistill.core.checks import choice_problems, is_int, raise_problems
 from anydistill.core.teacher import Teacher
 from anydistill.diffusion.schedules import EDM, PREDICTION_KINDS, NoiseSchedule, expand_t
 
-PRECONDITIONINGS: tuple[str, ...] = ("none", "edm")
+PRECONDITIONINGS: tuple[str, ...] = ("none", "edm", "consistency")
 WEIGHTINGS: tuple[str, ...] = ("none", "edm")
 
 
@@ -63,7 +67,7 @@ def network_output(
         x_t: noisy inputs, ``[B, ...]``.
         t: times, ``[B]`` or 0-dim; the network receives them as ``[B]``.
         cond: labels ``[B]`` or ``None``.
-        preconditioning: ``"none"`` or ``"edm"``.
+        preconditioning: ``"none"``, ``"edm"`` or ``"consistency"`` (see the module docstring).
 
     Gradients flow (this is also the training forward); the caller picks ``no_grad``.
     """
@@ -72,6 +76,10 @@ def network_output(
         return model(x_t, t.to(x_t.dtype), cond)
     c_skip, c_out, c_in = _edm_coefficients(schedule, t, x_t)
     f = model(c_in * x_t, schedule.c_noise(t).to(x_t.dtype), cond)
+    if preconditioning == "consistency":  # the boundary-corrected output; the inputs stay EDM's
+        from anydistill.diffusion.targets.consistency import consistency_coefficients
+
+        c_skip, c_out = (expand_t(c.to(x_t.dtype), x_t) for c in consistency_coefficients(t, schedule, schedule.sigma_data))
     return c_skip * x_t + c_out * f
 
 
@@ -123,16 +131,16 @@ class DiffusionTeacher:
         owner = "DiffusionTeacher"
         problems += choice_problems(prediction, PREDICTION_KINDS, name="prediction", owner=owner, what="parameter")
         problems += choice_problems(preconditioning, PRECONDITIONINGS, name="preconditioning", owner=owner, what="parameter")
-        if preconditioning == "edm":
+        if preconditioning in ("edm", "consistency"):
             if isinstance(schedule, NoiseSchedule) and not isinstance(schedule, EDM):
                 problems.append(
-                    "The 'preconditioning' parameter of DiffusionTeacher can be 'edm' only with the EDM "
+                    f"The 'preconditioning' parameter of DiffusionTeacher can be {preconditioning!r} only with the EDM "
                     f"schedule. Got schedule {schedule!r}; use preconditioning='none'."
                 )
             if prediction in PREDICTION_KINDS and prediction != "x0":
                 problems.append(
                     "The 'prediction' parameter of DiffusionTeacher must be 'x0' with "
-                    "preconditioning='edm' (the network predicts F and the wrapper returns D, an x0 "
+                    f"preconditioning={preconditioning!r} (the network predicts F and the wrapper returns an x0 "
                     f"prediction). Got {prediction!r}."
                 )
         if null_class is None and isinstance(model, nn.Module):
@@ -336,6 +344,9 @@ def denoiser_loss(
         *choice_problems(weighting, WEIGHTINGS, name="weighting", owner="denoiser_loss"),
         *choice_problems(preconditioning, PRECONDITIONINGS, name="preconditioning", owner="denoiser_loss"),
     ]
+    if preconditioning == "consistency":
+        problems.append("denoiser_loss trains a denoiser (preconditioning 'none' or 'edm'); a consistency-parametrised model "
+                        "(preconditioning 'consistency') is trained by consistency distillation.")
     options = {"weighting": weighting, "preconditioning": preconditioning}
     edm_needed = [f"{name}={value!r}" for name, value in options.items() if value == "edm"]
     if edm_needed and not isinstance(schedule, EDM):

@@ -18,7 +18,7 @@ from anydistill.models.denoisers import conv_denoiser, mlp_denoiser
 
 ScheduleName = Literal["rectified-flow", "vp-cosine", "edm", "trigflow"]
 PredictionName = Literal["x0", "eps", "v", "velocity"]
-PreconditioningName = Literal["none", "edm"]
+PreconditioningName = Literal["none", "edm", "consistency"]
 
 
 class Denoiser(nn.Module):
@@ -33,10 +33,10 @@ class Denoiser(nn.Module):
     def __init__(self, net: nn.Module, schedule: str, prediction: str, preconditioning: str):
         super().__init__()
         problems = []
-        if preconditioning == "edm" and schedule != "edm":
-            problems.append(f"preconditioning 'edm' needs schedule 'edm'. Got schedule {schedule!r}.")
-        if preconditioning == "edm" and prediction != "x0":
-            problems.append(f"preconditioning 'edm' makes the model an x0 predictor: set prediction 'x0'. Got {prediction!r}.")
+        if preconditioning != "none" and schedule != "edm":
+            problems.append(f"preconditioning {preconditioning!r} needs schedule 'edm'. Got schedule {schedule!r}.")
+        if preconditioning != "none" and prediction != "x0":
+            problems.append(f"preconditioning {preconditioning!r} makes the model an x0 predictor: set prediction 'x0'. Got {prediction!r}.")
         if problems:
             raise ValueError(" ".join(problems))
         self.net = net

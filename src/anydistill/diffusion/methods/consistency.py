@@ -19,7 +19,10 @@ native kind converted by the schedule). For a velocity model on rectified flow t
 ``c_skip = 1``, ``c_out = -t``: the boundary condition :math:`f(x, t_\min) = x` holds exactly
 whenever :math:`\sigma(t_\min) = 0` (rectified flow, VP cosine, TrigFlow, whose consistency
 function Lu & Song write the same way) and to within ``c_out(sigma_min)`` for EDM. This is what lets
-the student start from the teacher (a denoiser already is a one-step ``x0`` estimate).
+the student start from the teacher (a denoiser already is a one-step ``x0`` estimate). An EDM-preconditioned student takes
+the paper's boundary-corrected parametrisation instead (``preconditioning: consistency``, the
+teacher's network with :math:`c_\text{skip}(t_\min) = 1, c_\text{out}(t_\min) = 0`), as
+openai/consistency_models does, and is exported with it.
 
 Sampling: the multistep consistency sampler (Algorithm 1) at ``sample_steps``.
 """
@@ -88,6 +91,10 @@ class ConsistencyDistillation(DistillationMethod):
             raise ValueError("consistency distills a teacher: the recipe needs a `teacher:` section.")
         self.real_teacher = diffusion_teacher(self.teacher)
         self.student.load_state_dict(self.teacher.model.state_dict())
+        if self.student.preconditioning == "edm":
+            # The paper's parametrisation on the EDM teacher's network: the same inputs, the
+            # boundary-corrected c_skip/c_out (f(x, t_min) = x exactly); sampled and exported as such.
+            self.student.preconditioning = "consistency"
         self.target = frozen_copy(self.student)  # theta^-: in the checkpoint, never optimised
         self.schedule = schedule_of(self.student)
         self.grid = time_grid(self.schedule, self.num_scales - 1, spacing=self.spacing).float()
