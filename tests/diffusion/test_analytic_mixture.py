@@ -86,3 +86,18 @@ def test_a_recipe_runs_with_it_as_teacher_and_refuses_other_data(tmp_path) -> No
     assert metrics["teacher"]["params"] == 0 and metrics["reflow"]["role"] == "student"
     with pytest.raises(RecipeError, match="distribution 'eight_gaussians' has no classes but the data has 8: use distribution: class_conditional_mixture"):
         load_recipe({**base, "data": {"name": "toy2d-conditional"}})
+
+
+def test_reference_teacher_adds_distances_to_the_teachers_samples() -> None:
+    """The teacher's own row at teacher_steps is the reference (distance 0); fewer steps are farther."""
+    from anydistill.core.teacher import Teacher
+    from anydistill.data.toy2d import Toy2DData
+    from anydistill.diffusion.evaluate import DiffusionEvaluator
+
+    data = Toy2DData(num_train=256, num_val=64, num_test=512)
+    data.setup()
+    evaluator = DiffusionEvaluator(data, num_samples=512, teacher_steps=32, student_steps=[2], reference="teacher", plots=False)
+    teacher = Teacher(analytic_mixture((2,), 0))
+    row = evaluator.evaluate(teacher.model, teacher, "pretrained")
+    assert row["swd_to_teacher@32"] == pytest.approx(0.0, abs=1e-9) and row["swd_to_teacher@2"] > 0.1
+    assert row["swd@32"] > 0 and evaluator.card()["reference"] == "teacher"

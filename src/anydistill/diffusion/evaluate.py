@@ -12,6 +12,10 @@ Rows (one per model, keys suffixed ``@<NFE>``):
   classifier assigns to their label; ``diversity``, the mean within-class pairwise distance.
 * Always: ``ms_per_sample`` (wall-clock per sample at that NFE, batch of ``num_samples``, this
   machine) and, for models sampled with an ODE solver, ``straightness`` of their Euler trajectory.
+* With ``reference: teacher``, also the distances to the teacher's ``teacher_steps`` samples
+  (``swd_to_teacher``, ``mmd_to_teacher``; digits ``fd_to_teacher``): how close a student comes to
+  what it distils, apart from how close the teacher comes to the data (0 for the teacher's own row
+  at ``teacher_steps``, which is the reference).
 
 The teacher (a model without a ``sampling`` spec) is measured at ``teacher_steps`` (>= 50 by
 default) and at each of ``student_steps``; a student at the NFEs its method declares. `export`
@@ -55,6 +59,8 @@ class DiffusionEvaluator(Evaluator):
         plots: write ``samples.png`` beside each export.
         reference_draws: fresh exact samples the ``data`` row (2-D) averages over: one draw's
             sliced Wasserstein alone varies by about 30 % (8-Gaussian ring, 5,000 points).
+        reference: ``data`` (the test split), or ``teacher``: the distances to the teacher's
+            ``teacher_steps`` samples as well (``*_to_teacher@NFE``).
     """
 
     # Quality at each NFE, then size and the sampling cost the NFE buys (ms per sample).
@@ -77,12 +83,13 @@ class DiffusionEvaluator(Evaluator):
         mmd_points: PositiveInt = 2000,
         plots: bool = True,
         reference_draws: PositiveInt = 5,
+        reference: Literal["data", "teacher"] = "data",
     ):
         super().__init__(data, student_spec, data_name)
         self.num_samples, self.teacher_steps, self.teacher_sampler = num_samples, teacher_steps, teacher_sampler
         self.student_steps, self.cfg, self.sample_seed = sorted(set(student_steps)), cfg, sample_seed
         self.straightness_steps, self.classifier_epochs, self.plots = straightness_steps, classifier_epochs, plots
-        self.mmd_points, self.reference_draws = mmd_points, reference_draws
+        self.mmd_points, self.reference_draws, self.reference_kind = mmd_points, reference_draws, reference
         self.x_test, self.y_test = data.split("test")
         self.is_points = self.x_test.ndim == 2
         name = getattr(data, "name", None)
@@ -180,6 +187,8 @@ class DiffusionEvaluator(Evaluator):
                 row[f"{key}@{nfe}"] = value
             if reference is not None and reference.shape == x.shape:
                 row[f"coupling@{nfe}"] = sm.coupling_error(x, reference)
+                if self.reference_kind == "teacher" and bool(torch.isfinite(x).all()):
+                    row.update({f"{key}_to_teacher@{nfe}": value for key, value in self.distances(x, reference.float()).items()})
         spec, _ = self.plan(model)
         if spec.get("sampler") in ODE_SAMPLERS:
             row["straightness"] = self.straightness(model, spec)
@@ -190,26 +199,33 @@ class DiffusionEvaluator(Evaluator):
         finite = torch.isfinite(x.flatten(1)).all(1)
         if not bool(finite.all()):
             return {"finite": float(finite.float().mean())}
+        out = self.distances(x, self.x_test)
         if self.is_points:
-            generator = torch.Generator().manual_seed(0)
-            # MMD's cost is quadratic: the first mmd_points of each set (the noise is i.i.d., the test split too)
-            m = self.mmd_points
-            out = {"swd": sm.sliced_wasserstein(x, self.x_test, 256, generator), "mmd": sm.mmd_rbf(x[:m], self.x_test[:m])}
             if self.modes is not None:
                 out["coverage"], out["high_quality"] = sm.mode_coverage(x, self.modes, self.mode_std)
                 if cond is not None and self.modes.shape[0] == int(cond.max()) + 1 and self.data.num_classes:
                     # class-conditional mixture: mode c is class c's mean
                     out["class_acc"] = float((torch.cdist(x.double(), self.modes.double()).argmin(1) == cond).float().mean())
             return out
-        net, accuracy = self.classifier()
-        feats, logits = features_and_logits(net, x)
-        real_feats, _ = features_and_logits(net, self.x_test)
-        out = {"fd": frechet_distance(feats, real_feats)}
+        net, _ = self.classifier()
+        _, logits = features_and_logits(net, x)
         labels = cond if cond is not None else logits.argmax(-1)
         if cond is not None:
             out["class_acc"] = float((logits.argmax(-1) == cond).float().mean())
         out["diversity"] = per_class_diversity(x, labels)
         return out
+
+    def distances(self, x: Tensor, reference: Tensor) -> dict[str, float]:
+        """Distribution distances of samples ``x`` to ``reference`` (the test split, or the teacher's
+        samples): sliced Wasserstein and MMD for points, the Fréchet distance in the digit
+        classifier's features for images."""
+        if self.is_points:
+            generator = torch.Generator().manual_seed(0)
+            # MMD's cost is quadratic: the first mmd_points of each set (the noise is i.i.d., the test split too)
+            m = self.mmd_points
+            return {"swd": sm.sliced_wasserstein(x, reference, 256, generator), "mmd": sm.mmd_rbf(x[:m], reference[:m])}
+        net, _ = self.classifier()
+        return {"fd": frechet_distance(features_and_logits(net, x)[0], features_and_logits(net, reference)[0])}
 
     def classifier(self) -> tuple[nn.Module, float]:
         x, y = self.data.split("train")
@@ -261,7 +277,7 @@ class DiffusionEvaluator(Evaluator):
         card = {
             "num_samples": self.num_samples, "teacher_steps": self.teacher_steps, "teacher_sampler": self.teacher_sampler,
             "student_steps": self.student_steps, "cfg": self.cfg, "sample_seed": self.sample_seed, "mmd_points": self.mmd_points,
-            "reference_draws": self.reference_draws,
+            "reference_draws": self.reference_draws, "reference": self.reference_kind,
             "test_points": int(self.x_test.shape[0]),
             "metrics": "swd: sliced W2 (256 projections); mmd: unbiased RBF MMD^2 on the first mmd_points of each set; coverage/high_quality: 3-std modes; "
                        "coupling: mean |G(z) - ODE_teacher(z)| at teacher_steps; fd: Frechet distance in a local "
