@@ -117,9 +117,9 @@ def check_teachers(run_dir: RunDir, mixture: Any, resume: bool) -> None:
     run_dir.write_json("teachers.json", record)
 
 
-def make_trainer(recipe: Recipe, run_dir: RunDir, label: str) -> L.Trainer:
+def make_trainer(recipe: Recipe, run_dir: RunDir, label: str, evaluator: Evaluator | None = None) -> L.Trainer:
     """A Lightning Trainer writing CSV logs and epoch-end checkpoints under ``run_dir`` (the
-    method's own ``max_epochs`` when its entry sets one)."""
+    method's own ``max_epochs`` when its entry sets one), with the evaluator's callbacks (curves)."""
     spec = recipe.trainer
     checkpoints = ModelCheckpoint(dirpath=run_dir.checkpoint_dir(label), filename="{epoch}", save_last=True,
                                   save_top_k=1, every_n_epochs=1, save_on_train_epoch_end=True)
@@ -146,7 +146,8 @@ def make_trainer(recipe: Recipe, run_dir: RunDir, label: str) -> L.Trainer:
         num_sanity_val_steps=0,
         use_distributed_sampler=False,  # data modules shard by rank themselves (EpochShuffleSampler)
         logger=loggers,
-        callbacks=[EpochRowInCheckpoint(), checkpoints],
+        callbacks=[EpochRowInCheckpoint(), checkpoints,
+                   *(evaluator.callbacks(label, run_dir.path / "logs" / label) if evaluator is not None else [])],
         default_root_dir=run_dir.path,
     )
 
@@ -217,7 +218,7 @@ def run_recipe(recipe: Recipe, run_dir: RunDir, *, resume: bool = False, command
                     features=recipe.cache.features,
                 )
             datamodule.attach_signals(signals)
-        trainer = make_trainer(recipe, run_dir, label)
+        trainer = make_trainer(recipe, run_dir, label, evaluator)
         log = run_dir.path / "logs" / label / "metrics.csv"
         earlier_log = read_csv_rows(log) if resume and main else []
         checkpoint = run_dir.last_checkpoint(label) if resume else None

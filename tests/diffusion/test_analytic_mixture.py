@@ -101,3 +101,22 @@ def test_reference_teacher_adds_distances_to_the_teachers_samples() -> None:
     row = evaluator.evaluate(teacher.model, teacher, "pretrained")
     assert row["swd_to_teacher@32"] == pytest.approx(0.0, abs=1e-9) and row["swd_to_teacher@2"] > 0.1
     assert row["swd@32"] > 0 and evaluator.card()["reference"] == "teacher"
+
+
+def test_curves_score_the_student_while_it_trains(tmp_path) -> None:
+    """evaluation.curve_every: a point at step 0 and every N optimizer steps, in curve.json, and a plot."""
+    import json
+
+    from anydistill.core.rundir import RunDir
+    from anydistill.runner import run_recipe
+
+    recipe = {"name": "curves", "data": {"name": "toy2d", "num_train": 512, "batch_size": 64},
+              "teacher": {"name": "analytic-mixture"}, "student": {"name": "mlp-denoiser", "hidden": 32, "depth": 1},
+              "trainer": {"max_epochs": 1, "progress_bar": False},
+              "evaluation": {"num_samples": 128, "student_steps": [1], "curve_every": 4, "curve_samples": 128, "plots": False},
+              "methods": {"reflow": {"init_from_teacher": False, "num_pairs": 512, "pair_steps": 4}}}
+    run_recipe(load_recipe(recipe), RunDir.create(tmp_path, "run"))
+    logs = tmp_path / "run" / "logs" / "reflow"
+    points = json.loads((logs / "curve.json").read_text())
+    assert [p["step"] for p in points] == [0, 4, 8] and all(p["metric"] == "swd" and p["value"] > 0 for p in points)
+    assert (logs / "curve.png").is_file()

@@ -40,6 +40,11 @@ class Evaluator:
         module paths they lack; checked by `validate` before anything is trained."""
         return []
 
+    def callbacks(self, label: str, directory: Path) -> list[Any]:
+        """Lightning callbacks that score the model being trained by method ``label`` while it trains
+        (learning curves), writing under ``directory`` (the method's log folder). None by default."""
+        return []
+
     def baselines(self, skip: set[str]) -> dict[str, dict[str, Any]]:
         """Rows measured once per run without any method (random subsets, full data...): ``label -> row``.
         Labels in ``skip`` are already measured (a resumed run) and are not measured again."""

@@ -61,6 +61,10 @@ class DiffusionEvaluator(Evaluator):
             sliced Wasserstein alone varies by about 30 % (8-Gaussian ring, 5,000 points).
         reference: ``data`` (the test split), or ``teacher``: the distances to the teacher's
             ``teacher_steps`` samples as well (``*_to_teacher@NFE``).
+        curve_every: score each student every N optimizer steps while it trains, on a fixed draw
+            against the validation split (`diffusion.curves`: ``curve.json`` and ``curve.png`` in its
+            log folder); None: off.
+        curve_samples: samples per curve point.
     """
 
     # Quality at each NFE, then size and the sampling cost the NFE buys (ms per sample).
@@ -84,6 +88,8 @@ class DiffusionEvaluator(Evaluator):
         plots: bool = True,
         reference_draws: PositiveInt = 5,
         reference: Literal["data", "teacher"] = "data",
+        curve_every: PositiveInt | None = None,
+        curve_samples: PositiveInt = 512,
     ):
         super().__init__(data, student_spec, data_name)
         self.num_samples, self.teacher_steps, self.teacher_sampler = num_samples, teacher_steps, teacher_sampler
@@ -91,6 +97,8 @@ class DiffusionEvaluator(Evaluator):
         self.straightness_steps, self.classifier_epochs, self.plots = straightness_steps, classifier_epochs, plots
         self.mmd_points, self.reference_draws, self.reference_kind = mmd_points, reference_draws, reference
         self.x_test, self.y_test = data.split("test")
+        self.x_val = data.split("val")[0]
+        self.curve_every, self.curve_samples = curve_every, curve_samples
         self.is_points = self.x_test.ndim == 2
         name = getattr(data, "name", None)
         from anydistill.data import toy2d_distributions as toy2d
@@ -107,6 +115,12 @@ class DiffusionEvaluator(Evaluator):
         if settings.get("teacher_steps", 64) < 2:
             problems.append("teacher_steps must be >= 2 (the teacher's many-step reference; 50 or more is usual).")
         return problems
+
+    def callbacks(self, label: str, directory: Path) -> list[Any]:
+        """A learning curve of the model the method trains (``curve_every``)."""
+        from anydistill.diffusion.curves import CurveCallback
+
+        return [CurveCallback(self, directory, self.curve_every, self.curve_samples)] if self.curve_every else []
 
     @classmethod
     def model_problems(cls, settings: dict[str, Any], *, teacher_model: nn.Module | None, student_model: nn.Module | None) -> list[str]:
