@@ -34,13 +34,10 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from anydistill.core.method import DistillationMethod
 from anydistill.core.optim import make_optimizer
 from anydistill.core.recipe import Fraction, NonNegativeFloat, OptimizerSpec, PositiveFloat, PositiveInt
-from anydistill.core.taps import capture_features
 from anydistill.core.teacher import Teacher
 from anydistill.diffusion.common import check_denoiser, diffusion_teacher, predict, schedule_of
 from anydistill.diffusion.distribution_matching import (
@@ -49,7 +46,7 @@ from anydistill.diffusion.distribution_matching import (
     fake_score_loss,
     trainable_copy,
 )
-from anydistill.diffusion.teacher import network_output
+from anydistill.diffusion.discriminator import FeatureDiscriminator, bottleneck_path, feature_width
 from anydistill.diffusion.timesteps import KarrasTime, UniformTime
 
 
@@ -59,18 +56,6 @@ def gan_weight(weight: float, scale: str, sample_size: int) -> float:
     the GAN term then counts ``weight x sample_size`` elements' worth) or ``weight / sample_size``
     (``per-dimension``: it counts ``weight`` elements' worth at every size)."""
     return weight / sample_size if scale == "per-dimension" else weight
-
-
-def bottleneck_path(model: nn.Module) -> str:
-    """The module path of a zoo denoiser's bottleneck: the middle MLP block or the last mid conv block."""
-    net = model.net
-    if hasattr(net, "unet"):  # diffusers UNet2DModel
-        return "net.unet.mid_block"
-    if hasattr(net, "mid_blocks"):
-        return f"net.mid_blocks.{len(net.mid_blocks) - 1}"
-    if hasattr(net, "blocks"):
-        return f"net.blocks.{len(net.blocks) // 2}"
-    raise TypeError(f"dmd2's GAN head reads a zoo denoiser's bottleneck; {type(net).__name__} has none known.")
 
 
 class DMD2(DistillationMethod):
@@ -97,6 +82,8 @@ class DMD2(DistillationMethod):
         t_low, t_high: fractions of the range the distribution-matching ``t`` is drawn from.
         cfg: guidance weight of the real score.
         head_hidden: width of the discriminator head.
+        gan_loss: ``softplus`` (DMD2's non-saturating loss), ``hinge`` or ``wgan`` (`diffusion.discriminator`).
+        r1: weight of the R1 penalty on real samples (0: off, as DMD2).
     """
 
     family = "diffusion"
@@ -124,6 +111,8 @@ class DMD2(DistillationMethod):
         t_high: Fraction = 0.98,
         cfg: float | None = None,
         head_hidden: PositiveInt = 256,
+        gan_loss: Literal["softplus", "hinge", "wgan"] = "softplus",
+        r1: NonNegativeFloat = 0.0,
     ):
         super().__init__(student, teacher, optimizer)
         if not t_low < t_high:
@@ -132,6 +121,7 @@ class DMD2(DistillationMethod):
         self.update_ratio, self.gan_weight_generator, self.gan_weight_discriminator = update_ratio, gan_weight_generator, gan_weight_discriminator
         self.num_steps, self.student_inputs, self.fake_lr = num_steps, student_inputs, fake_lr
         self.t_low, self.t_high, self.cfg, self.head_hidden = t_low, t_high, cfg, head_hidden
+        self.gan_loss, self.r1 = gan_loss, r1
         self.gan_scale, self.time_sampling, self.fake_weighting = gan_scale, time_sampling, fake_weighting
         self.generator_labels, self.max_grad_norm = generator_labels, max_grad_norm
 
@@ -151,9 +141,9 @@ class DMD2(DistillationMethod):
         span = self.schedule.t_max - self.schedule.t_min
         # K fixed generator times t_max (1 - k/K) of the range (SDXL: 999, 749, 499, 249 of 1000).
         self.times = [self.schedule.t_min + span * (1 - k / self.num_steps) for k in range(self.num_steps)]
-        self.tap = bottleneck_path(self.fake)
-        width = self.bottleneck_width()
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(width, self.head_hidden), nn.SiLU(), nn.Linear(self.head_hidden, 1))
+        tap = bottleneck_path(self.fake)
+        self.discriminator = FeatureDiscriminator(feature_width(self.fake, tap, self.schedule), tap, self.schedule, self.critic_times,
+                                                  hidden=self.head_hidden, loss=self.gan_loss, r1=self.r1)
         self.student.sampling = {"sampler": "multistep", "steps": [self.num_steps], "timesteps": {str(self.num_steps): self.times}}
 
     def recipe_problems(self, *, teacher_shapes, student_shapes, max_epochs: int) -> list[str]:
@@ -162,24 +152,10 @@ class DMD2(DistillationMethod):
                     "schedule: edm and prediction: x0, or set fake_weighting: none."]
         return []
 
-    def bottleneck_width(self) -> int:
-        net = self.fake.net
-        if hasattr(net, "dim"):
-            shape = (2, net.dim)
-        elif hasattr(net, "unet"):
-            config = net.unet.config
-            shape = (2, config.in_channels, config.sample_size, config.sample_size)
-        else:
-            shape = (2, *net.input_shape)
-        t = torch.full((2,), 0.5 * (self.schedule.t_min + self.schedule.t_max))
-        with torch.no_grad(), capture_features(self.fake, [self.tap]) as features:
-            network_output(self.fake, self.schedule, torch.zeros(shape), t, None, self.fake.preconditioning)
-        return features[self.tap][0].numel()
-
     def configure_optimizers(self):
         spec = self.optimizer_spec
         generator = make_optimizer(spec, self.student.parameters())
-        critic = make_optimizer(spec, [*self.fake.parameters(), *self.head.parameters()], lr=self.fake_lr or spec.lr)
+        critic = make_optimizer(spec, [*self.fake.parameters(), *self.discriminator.parameters()], lr=self.fake_lr or spec.lr)
         return [generator, critic]
 
     def step(self, optimizer, loss: torch.Tensor, parameters) -> None:
@@ -212,12 +188,8 @@ class DMD2(DistillationMethod):
         return x
 
     def discriminate(self, x: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
-        """Logits ``[B]`` of the head on the fake score's bottleneck at ``x`` noised at a random time."""
-        t = self.critic_times.sample(x.shape[0], self.schedule, generator=None, device=x.device)
-        x_t = self.schedule.add_noise(x, self.schedule.sample_noise(x, None), t)
-        with capture_features(self.fake, [self.tap]) as features:  # through the preconditioning, as the fake score is trained
-            network_output(self.fake, self.schedule, x_t, t, cond, self.fake.preconditioning)
-        return self.head(features[self.tap]).squeeze(1)
+        """Logits ``[B]`` of the head on the fake score's bottleneck at ``x`` noised at a random level."""
+        return self.discriminator.logits(self.fake, x, cond)
 
     # ------------------------------------------------------------------ the step
 
@@ -242,7 +214,7 @@ class DMD2(DistillationMethod):
             loss_dm = distribution_matching_loss(x, cond, self.real_teacher, self.fake, self.schedule, self.dm_times, self.cfg)
             loss_g = loss_dm
             if gan and self.gan_weight_generator > 0:
-                loss_gan_g = F.softplus(-self.discriminate(x, cond)).mean()
+                loss_gan_g = self.discriminator.generator_loss(self.fake, x, cond)
                 loss_g = loss_g + gan_weight(self.gan_weight_generator, self.gan_scale, x[0].numel()) * loss_gan_g
                 self.log_train("train/loss_gan_generator", loss_gan_g, n)
             self.step(opt_g, loss_g, self.student.parameters())
@@ -256,8 +228,8 @@ class DMD2(DistillationMethod):
         loss_c = fake_score_loss(self.fake, self.schedule, fake_x, cond, times=self.critic_times, weighting=self.fake_weighting)
         self.log_train("train/loss_fake", loss_c, n)
         if gan and self.gan_weight_discriminator > 0:
-            loss_d = F.softplus(self.discriminate(fake_x, cond)).mean() + F.softplus(-self.discriminate(real, real_cond)).mean()
+            loss_d = self.discriminator.discriminator_loss(self.fake, fake_x, real, cond, real_cond)
             loss_c = loss_c + gan_weight(self.gan_weight_discriminator, self.gan_scale, real[0].numel()) * loss_d
             self.log_train("train/loss_discriminator", loss_d, n)
         # zero_grad first also drops what the generator's GAN term left in the fake score's grads
-        self.step(opt_c, loss_c, [*self.fake.parameters(), *self.head.parameters()])
+        self.step(opt_c, loss_c, [*self.fake.parameters(), *self.discriminator.parameters()])
