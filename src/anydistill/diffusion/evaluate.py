@@ -263,6 +263,12 @@ class DiffusionEvaluator(Evaluator):
     def export(self, model: nn.Module, spec: dict[str, Any], directory: Path, method: str) -> Path:
         # The model's own reading (consistency distillation turns an EDM student into a consistency-parametrised one).
         spec = {**spec, **({"preconditioning": model.preconditioning} if hasattr(model, "preconditioning") and "preconditioning" in spec else {})}
+        if getattr(model, "lora", None):  # the adapters apart (lora/), the merged model as the recipe's architecture
+            from anydistill.diffusion.lora import merged_copy, save_adapter
+
+            save_adapter(model, directory / "lora")
+            sampling, model = model.sampling, merged_copy(model)
+            model.sampling = sampling
         path = export_model(model, {**spec, "sampling": getattr(model, "sampling", None)}, directory)
         unet = getattr(getattr(model, "net", None), "unet", None)
         if hasattr(unet, "save_pretrained"):  # a diffusers model is also exported in its own format

@@ -83,6 +83,9 @@ class DMD2(DistillationMethod):
         cfg: guidance weight of the real score.
         head_hidden: width of the discriminator head.
         gan_loss: ``softplus`` (DMD2's non-saturating loss), ``hinge`` or ``wgan`` (`diffusion.discriminator`).
+        lora_rank: train the generator as LoRA adapters of this rank on the teacher's frozen weights
+            (`diffusion.lora`; exported merged, and apart in ``lora/``); None: all its weights train.
+        lora_alpha: the adapters' scale numerator (default the rank).
         r1: weight of the R1 penalty on real samples (0: off, as DMD2).
     """
 
@@ -113,6 +116,8 @@ class DMD2(DistillationMethod):
         head_hidden: PositiveInt = 256,
         gan_loss: Literal["softplus", "hinge", "wgan"] = "softplus",
         r1: NonNegativeFloat = 0.0,
+        lora_rank: PositiveInt | None = None,
+        lora_alpha: PositiveFloat | None = None,
     ):
         super().__init__(student, teacher, optimizer)
         if not t_low < t_high:
@@ -121,7 +126,7 @@ class DMD2(DistillationMethod):
         self.update_ratio, self.gan_weight_generator, self.gan_weight_discriminator = update_ratio, gan_weight_generator, gan_weight_discriminator
         self.num_steps, self.student_inputs, self.fake_lr = num_steps, student_inputs, fake_lr
         self.t_low, self.t_high, self.cfg, self.head_hidden = t_low, t_high, cfg, head_hidden
-        self.gan_loss, self.r1 = gan_loss, r1
+        self.gan_loss, self.r1, self.lora_rank, self.lora_alpha = gan_loss, r1, lora_rank, lora_alpha
         self.gan_scale, self.time_sampling, self.fake_weighting = gan_scale, time_sampling, fake_weighting
         self.generator_labels, self.max_grad_norm = generator_labels, max_grad_norm
 
@@ -133,7 +138,12 @@ class DMD2(DistillationMethod):
         if self.teacher is None:
             raise ValueError("dmd2 distills a teacher: the recipe needs a `teacher:` section.")
         self.real_teacher = diffusion_teacher(self.teacher)
-        self.student.load_state_dict(self.teacher.model.state_dict())
+        if not getattr(self.student, "lora", None):  # setup again (a resumed fit): the adapters are already on
+            self.student.load_state_dict(self.teacher.model.state_dict())
+            if self.lora_rank is not None:
+                from anydistill.diffusion.lora import add_lora
+
+                add_lora(self.student, self.lora_rank, self.lora_alpha)
         self.fake = trainable_copy(self.teacher.model)
         self.schedule = schedule_of(self.student)
         self.dm_times = dm_time_sampler(self.schedule, self.t_low, self.t_high, self.time_sampling)
