@@ -59,21 +59,10 @@ def proxy_reward(x: Tensor, reward: nn.Module, *, hidden: int = 64, steps: int =
 def ink_reward(x: Tensor, epochs: int = 20, seed: int = 0) -> nn.Module:
     """The logit of a small CNN trained on digits ``x`` [N, 1, 8, 8] to tell bold from thin (ink above
     or below the median mean intensity); frozen. ``reward(x) [B]`` is differentiable in the pixels."""
-    from anydistill.models.classifiers import SmallCNN
+    from anydistill.diffusion.digit_features import train_small_cnn
 
     ink = x.flatten(1).mean(1)
-    bold = (ink > ink.median()).long()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        net = SmallCNN(tuple(x.shape[1:]), 2, [8, 16], 32)
-        optimizer = torch.optim.Adam(net.parameters(), lr=3e-3)
-        for _ in range(epochs):
-            for index in torch.randperm(x.shape[0]).split(64):
-                loss = nn.functional.cross_entropy(net(x[index]), bold[index])
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-    return _Frozen(net, logit_margin=True)
+    return _Frozen(train_small_cnn(x, (ink > ink.median()).long(), [8, 16], 32, epochs, seed), logit_margin=True)
 
 
 class _Frozen(nn.Module):
