@@ -40,6 +40,7 @@ from torch import Tensor
 from anydistill.core.errors import RecipeError
 from anydistill.lm.common import teacher_logits
 from anydistill.lm.served.use import hidden_logits, is_served, served_problems
+from anydistill.lm.teacher_kernels import fuse_teacher_activations
 from anydistill.lm.topk import densify_rows
 from anydistill.lm.vocab import check_vocab, output_width
 
@@ -212,6 +213,8 @@ class TeacherMixture:
                                             for m in self.members]
         self.vocab = min(widths)
         for member in self.members:
+            if not is_served(member.teacher):
+                fuse_teacher_activations(member.teacher.model)  # as a single in-process teacher runs (same function)
             if member.topk is not None and member.signals is None:
                 member.signals = open_signals(f"{who} (teacher {member.name})", member.teacher, datamodule, vocab=self.vocab,
                                               root=self.cache_dir, topk=member.topk)
