@@ -279,11 +279,11 @@ def load_recipe(path_or_name: str | dict[str, Any], overrides: list[str] = (), *
         if component.target.needs_teacher and raw_section("teacher") is None and raw.get("teachers") is None:
             problems.append(f"methods.{label}: method '{component.name}' distills from a teacher; add a `teacher:` section.")
         if "server" in teacher_section and (trains_teacher or (component.target.needs_teacher and not component.target.served_teacher)):
-            able = ", ".join(n for n in METHODS.names() if getattr(METHODS.get(n), "served_teacher", False))
+            able = ", ".join(methods_with("served_teacher"))
             problems.append(f"methods.{label}: method '{component.name}' needs the teacher's module in this process; a served teacher "
                             f"(teacher.server) works with {able}.")
 
-    problems += section_problems(raw, methods, [n for n in METHODS.names() if getattr(METHODS.get(n), "several_teachers", False)])
+    problems += section_problems(raw, methods, lambda: methods_with("several_teachers"))
     if parsed is not None and parsed.mix is not None and entries:
         from anydistill.lm.teacher_mixture import mix_problems
 
@@ -396,6 +396,20 @@ def load_recipe(path_or_name: str | dict[str, Any], overrides: list[str] = (), *
         source, parsed.name, parsed.seed, data, student, teacher, checkpoint, parsed.trainer, parsed.optimizer, parsed.cache,
         evaluation, methods, resolved, served, entries or None, parsed.mix,
     )
+
+
+def methods_with(flag: str) -> list[str]:
+    """The registered methods whose class attribute ``flag`` is true (for messages; a plugin that
+    fails to import is left out here: its own problem is reported where it is used)."""
+    names = []
+    for name in METHODS.names():
+        try:
+            target = METHODS.get(name)
+        except Exception:  # noqa: BLE001 - any import failure of a plugin
+            continue
+        if getattr(target, flag, False):
+            names.append(name)
+    return names
 
 
 def _served_teacher(settings: dict[str, Any] | None) -> Any:

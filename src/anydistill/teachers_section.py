@@ -70,9 +70,10 @@ def read_teachers(raw: Any, component: Any, served_settings: Any, problems: list
     return entries
 
 
-def section_problems(raw: dict[str, Any], methods: dict[str, Any], method_names: list[str]) -> list[str]:
+def section_problems(raw: dict[str, Any], methods: dict[str, Any], able_methods: Any) -> list[str]:
     """``teachers:`` against the rest of the recipe: not with ``teacher:``, only with ``mix:``, and
-    only methods that take several teachers (``methods`` label -> component)."""
+    only methods that take several teachers (``methods`` label -> component; ``able_methods()`` lists
+    them, asked only when a method cannot: it imports every registered method, plugins included)."""
     problems = []
     has_teachers, has_mix = raw.get("teachers") is not None, raw.get("mix") is not None
     if has_teachers and raw.get("teacher") is not None:
@@ -83,13 +84,13 @@ def section_problems(raw: dict[str, Any], methods: dict[str, Any], method_names:
         problems.append("mix: a mix needs several teachers (teachers: {name: {...}, ...}); with one teacher remove mix.")
     if not has_teachers:
         return problems
-    able = ", ".join(method_names) or "no method here"
     for label, component in methods.items():
         if component.target.trains == "teacher":
             problems.append(f"methods.{label}: '{component.name}' trains one teacher; train each teacher in its own recipe and point "
                             "teachers.NAME.checkpoint at its export.")
         elif component.target.needs_teacher and not component.target.several_teachers:
-            problems.append(f"methods.{label}: method '{component.name}' learns from one teacher; several teachers (teachers:) work with {able}.")
+            problems.append(f"methods.{label}: method '{component.name}' learns from one teacher; several teachers (teachers:) work with "
+                            f"{', '.join(able_methods()) or 'no method here'}.")
     return problems
 
 
