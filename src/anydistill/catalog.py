@@ -31,7 +31,7 @@ from anydistill.core.recipe import (
     validate_kwargs,
 )
 from anydistill.core.taps import capture_features, find_module
-from anydistill.registries import DATA, EVALUATORS, METHODS, MODELS
+from anydistill.registries import DATA, EVALUATORS, METHODS, MODELS, methods_with
 from anydistill.teachers_section import TeacherEntry, build_teacher_mixture, read_teachers, section_problems
 
 if TYPE_CHECKING:
@@ -396,20 +396,6 @@ def load_recipe(path_or_name: str | dict[str, Any], overrides: list[str] = (), *
         source, parsed.name, parsed.seed, data, student, teacher, checkpoint, parsed.trainer, parsed.optimizer, parsed.cache,
         evaluation, methods, resolved, served, entries or None, parsed.mix,
     )
-
-
-def methods_with(flag: str) -> list[str]:
-    """The registered methods whose class attribute ``flag`` is true (for messages; a plugin that
-    fails to import is left out here: its own problem is reported where it is used)."""
-    names = []
-    for name in METHODS.names():
-        try:
-            target = METHODS.get(name)
-        except Exception:  # noqa: BLE001 - any import failure of a plugin
-            continue
-        if getattr(target, flag, False):
-            names.append(name)
-    return names
 
 
 def _served_teacher(settings: dict[str, Any] | None) -> Any:

@@ -25,3 +25,17 @@ DATA = Registry("data module", _DATA, entry_points="anydistill.data")
 MODELS = Registry("model", _MODELS, entry_points="anydistill.models")
 # One evaluator per family: every model of a recipe is scored by the same one.
 EVALUATORS = Registry("evaluator", {name: family.EVALUATOR for name, family in FAMILIES.items()})
+
+
+def methods_with(flag: str) -> list[str]:
+    """The registered methods whose class attribute ``flag`` is true (for messages; a plugin that
+    fails to import is left out here: its own problem is reported where it is used)."""
+    names = []
+    for name in METHODS.names():
+        try:
+            target = METHODS.get(name)
+        except Exception:  # noqa: BLE001 - any import failure of a plugin
+            continue
+        if getattr(target, flag, False):
+            names.append(name)
+    return names

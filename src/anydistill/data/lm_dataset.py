@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader
 from anydistill.core.cache import tensor_fingerprint
 from anydistill.core.recipe import NonNegativeInt, PositiveInt
 from anydistill.data.tensor_data import EpochShuffleSampler
+from anydistill.data.text_rows import TextRows, already_batched
 
 SUFFIXES = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 SAVED_DATASET_FILES = ("dataset_info.json", "state.json", "dataset_dict.json")
@@ -470,40 +471,16 @@ class LMDataset(L.LightningDataModule):
         ids, mask = self.split("train")
         rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         sampler = EpochShuffleSampler(ids.shape[0], self.seed, self.shuffle, rank, world_size)
-        return DataLoader(_Rows(ids, mask, self.attention["train"], self.domain_rows.get("train")), batch_size=self.batch_size, sampler=sampler,
-                          drop_last=len(sampler) >= self.batch_size, collate_fn=_already_batched)
+        return DataLoader(TextRows(ids, mask, self.attention["train"], self.domain_rows.get("train")), batch_size=self.batch_size, sampler=sampler,
+                          drop_last=len(sampler) >= self.batch_size, collate_fn=already_batched)
 
     def _eval_loader(self, name: str) -> DataLoader:
         ids, mask = self.split(name)
-        return DataLoader(_Rows(ids, mask, self.attention[name], self.domain_rows.get(name)), batch_size=self.eval_batch_size,
-                          collate_fn=_already_batched)
+        return DataLoader(TextRows(ids, mask, self.attention[name], self.domain_rows.get(name)), batch_size=self.eval_batch_size,
+                          collate_fn=already_batched)
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("val")
 
     def test_dataloader(self) -> DataLoader:
         return self._eval_loader("test")
-
-
-class _Rows(torch.utils.data.Dataset):
-    """Rows served a batch at a time: ``{"input_ids", "attention_mask", "completion_mask", "index"}``,
-    plus ``"domain"`` when the rows have domain ids."""
-
-    def __init__(self, input_ids: torch.Tensor, completion_mask: torch.Tensor, attention_mask: torch.Tensor,
-                 domain: torch.Tensor | None = None):
-        self.input_ids, self.completion_mask, self.attention_mask, self.domain = input_ids, completion_mask, attention_mask, domain
-
-    def __len__(self) -> int:
-        return self.input_ids.shape[0]
-
-    def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
-        index = torch.as_tensor(indices, dtype=torch.long)
-        batch = {"input_ids": self.input_ids[index], "attention_mask": self.attention_mask[index],
-                 "completion_mask": self.completion_mask[index], "index": index}
-        if self.domain is not None:
-            batch["domain"] = self.domain[index]
-        return batch
-
-
-def _already_batched(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return batch

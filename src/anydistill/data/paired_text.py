@@ -50,6 +50,7 @@ from anydistill.data.lm_dataset import (
 )
 from anydistill.data.shakespeare import ShakespeareData, tokenized_corpus
 from anydistill.data.tensor_data import EpochShuffleSampler
+from anydistill.data.text_rows import already_batched
 from anydistill.data.token_bytes import (
     spans_from_ids,
     spans_from_offsets,
@@ -299,7 +300,7 @@ class PairedText:
                            **{k: self.paired["train"][k] for k in PAIRED_KEYS}})
         # Complete batches only: the methods normalise by the step's token count (lm/common.py).
         return DataLoader(rows, batch_size=self.batch_size, sampler=sampler, drop_last=len(sampler) >= self.batch_size,
-                          collate_fn=_already_batched)
+                          collate_fn=already_batched)
 
 
 class PairedRows(torch.utils.data.Dataset):
@@ -315,9 +316,6 @@ class PairedRows(torch.utils.data.Dataset):
         index = torch.as_tensor(indices, dtype=torch.long)
         return {**{k: v[index] for k, v in self.tensors.items()}, "index": index}
 
-
-def _already_batched(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return batch
 
 
 @functools.lru_cache(maxsize=4)

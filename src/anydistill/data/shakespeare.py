@@ -16,6 +16,7 @@ from anydistill.core.cache import tensor_fingerprint
 from anydistill.core.recipe import NonNegativeInt, PositiveInt
 from anydistill.data.tokenizers import EOS_ID, bpe_tokenizer, char_tokenizer, encode, tokenizer_fingerprint
 from anydistill.data.tensor_data import EpochShuffleSampler
+from anydistill.data.text_rows import already_batched
 
 # 42 modern-spelling texts; a fixed permutation (seed 0, independent of the run's seed) assigns them.
 NUM_VAL_TEXTS, NUM_TEST_TEXTS = 4, 4
@@ -78,9 +79,6 @@ class BlockRows(torch.utils.data.Dataset):
         return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "completion_mask": self.completion_mask[index],
                 "index": index}
 
-
-def _already_batched(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return batch
 
 
 class ShakespeareData(L.LightningDataModule):
@@ -189,11 +187,11 @@ class ShakespeareData(L.LightningDataModule):
         # equal, which the methods' global-count normalisation relies on (lm/common.py).
         drop_last = len(sampler) >= self.batch_size
         return DataLoader(BlockRows(ids, mask), batch_size=self.batch_size, sampler=sampler, drop_last=drop_last,
-                          collate_fn=_already_batched)
+                          collate_fn=already_batched)
 
     def _eval_loader(self, name: str) -> DataLoader:
         ids, mask = self.split(name)
-        return DataLoader(BlockRows(ids, mask), batch_size=self.eval_batch_size, collate_fn=_already_batched)
+        return DataLoader(BlockRows(ids, mask), batch_size=self.eval_batch_size, collate_fn=already_batched)
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("val")
