@@ -118,5 +118,9 @@ def test_curves_score_the_student_while_it_trains(tmp_path) -> None:
     run_recipe(load_recipe(recipe), RunDir.create(tmp_path, "run"))
     logs = tmp_path / "run" / "logs" / "reflow"
     points = json.loads((logs / "curve.json").read_text())
-    assert [p["step"] for p in points] == [0, 4, 8] and all(p["metric"] == "swd" and p["value"] > 0 for p in points)
+    student = [p for p in points if p["model"] == "student"]
+    assert [p["step"] for p in student] == [0, 4, 8] and all(p["metric"] == "swd" and p["value"] > 0 for p in points)
+    assert [p["iteration"] for p in student] == [0, 4, 8]
+    (teacher,) = [p for p in points if p["model"] == "teacher"]  # the level to reach, on the same draw
+    assert teacher["nfe"] == 64 and 0 < teacher["value"] < student[0]["value"]
     assert (logs / "curve.png").is_file()

@@ -115,3 +115,26 @@ def test_official_optimisation_options() -> None:
     assert len(norms) == 4 and max(norms) <= 1e-3 * (1 + 1e-5)  # 2 batches: generator and critic each, clipped
     drawn = torch.cat(labels)
     assert drawn.min() >= 0 and drawn.max() < 8 and not torch.equal(drawn[:32], data.split("train")[1][:32])
+
+
+def test_init_from_an_export_starts_generator_and_fake_there_with_an_analytic_teacher(tmp_path) -> None:
+    """An exact teacher has no weights: ``init_from`` starts both networks from a student export, and a
+    file of another architecture, or no file, is refused in one line."""
+    from safetensors.torch import save_file
+
+    from anydistill.diffusion.analytic_mixture import analytic_mixture
+
+    build = lambda hidden=16: mlp_flow_denoiser((2,), 0, schedule="rectified-flow", prediction="velocity", hidden=hidden, depth=2)  # noqa: E731
+    torch.manual_seed(3)
+    trained = build()
+    save_file(trained.state_dict(), str(tmp_path / "model.safetensors"))
+    method = DMD2(build(), Teacher(analytic_mixture((2,), 0)), init_from=str(tmp_path / "model.safetensors"))
+    assert not method.starts_from_teacher()
+    method.setup("fit")
+    for name, value in trained.state_dict().items():
+        assert torch.equal(method.student.state_dict()[name], value) and torch.equal(method.fake.state_dict()[name], value)
+    with pytest.raises(ValueError, match="not a file"):
+        DMD2(build(), Teacher(analytic_mixture((2,), 0)), init_from=str(tmp_path / "missing.safetensors"))
+    other = DMD2(build(hidden=8), Teacher(analytic_mixture((2,), 0)), init_from=str(tmp_path / "model.safetensors"))
+    with pytest.raises(ValueError, match="not an export of the student's architecture"):
+        other.setup("fit")

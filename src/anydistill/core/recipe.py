@@ -168,15 +168,23 @@ def _pydantic_problems(items: list[dict[str, Any]], owner: str, where: str, fiel
 
 
 def parameters_of(fn: Callable[..., Any], injected: frozenset[str]) -> dict[str, tuple[Any, Any]]:
-    """The user-settable parameters of ``fn``: name -> (annotation, default or ...)."""
+    """The user-settable parameters of ``fn``: name -> (annotation, default or ...). A class whose
+    ``__init__`` passes ``**options`` on to its base's (a method extending another) also has the
+    base's parameters that it does not name itself."""
     target = fn.__init__ if inspect.isclass(fn) else fn
     hints = typing.get_type_hints(target, include_extras=True)
     fields: dict[str, tuple[Any, Any]] = {}
+    passes_on = False
     for name, param in inspect.signature(fn).parameters.items():
+        passes_on |= param.kind == param.VAR_KEYWORD
         if name in injected or name == "self" or param.kind in (param.VAR_KEYWORD, param.VAR_POSITIONAL):
             continue
         default = ... if param.default is inspect.Parameter.empty else param.default
         fields[name] = (hints.get(name, Any), default)
+    if passes_on and inspect.isclass(fn):
+        base = next((b for b in fn.__mro__[1:] if "__init__" in vars(b)), object)
+        if base is not object:
+            fields = {**{k: v for k, v in parameters_of(base, injected).items() if k not in fields}, **fields}
     return fields
 
 

@@ -3,7 +3,9 @@ its fewest steps (a teacher being trained: at ``teacher_steps``) from one fixed 
 Wasserstein for points, the Fréchet distance for digits), so convergence and stability are measured,
 not guessed from the loss (DMD2's losses do not track sample quality).
 
-Written to ``logs/<label>/curve.json`` (``[{"step", "nfe", "metric", "value"}, ...]``, rewritten
+Written to ``logs/<label>/curve.json`` (``[{"step", "iteration", "nfe", "metric", "value", "model"}, ...]``: optimizer
+steps and training batches; ``model`` is ``student``, or ``teacher`` for the one point of a distilling method's
+teacher at its many steps on the same draw, the level the student is to reach, rewritten
 atomically at each point, resumed runs appended) and ``curve.png`` at the end of training.
 """
 
@@ -45,10 +47,13 @@ class CurveCallback(L.Callback):
             self.points = [p for p in json.loads(self.path.read_text()) if p["step"] < trainer.global_step]
         if trainer.global_step == 0:
             self.score(trainer, module)  # the starting point (a student copied from the teacher starts well)
+            teacher = getattr(getattr(module, "teacher", None), "model", None)
+            if teacher is not None and hasattr(teacher, "schedule") and module.trains == "student":
+                self.score(trainer, module, teacher)  # the level to reach: the teacher at its many steps, same draw
 
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
-        step = trainer.global_step
-        if step != self.last_step and step % self.every == 0:
+        # A method with several optimizers (dmd2's generator and critic) can move the step by more than one per batch.
+        if trainer.global_step // self.every > max(self.last_step, 0) // self.every:
             self.score(trainer, module)
 
     def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
@@ -56,25 +61,28 @@ class CurveCallback(L.Callback):
             self.plot()
 
     @torch.no_grad()
-    def score(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        """One point: the student's samples at its fewest steps against the validation split."""
+    def score(self, trainer: L.Trainer, module: L.LightningModule, teacher: torch.nn.Module | None = None) -> None:
+        """One point: the student's samples at its fewest steps against the validation split (or, given
+        ``teacher``, the teacher's at the evaluator's ``teacher_steps``: a point marked ``"model": "teacher"``)."""
         self.last_step = trainer.global_step
         if not trainer.is_global_zero:
             return
-        model, evaluator = module.student, self.evaluator
+        model, evaluator = teacher if teacher is not None else module.student, self.evaluator
         spec, steps = evaluator.plan(model)
         # A student at its fewest steps; a plain denoiser (a teacher being trained) at the teacher's many.
         steps = steps if getattr(model, "sampling", None) else [evaluator.teacher_steps]
         generator = torch.Generator().manual_seed(evaluator.sample_seed)
         shape = (self.num_samples, *evaluator.x_val.shape[1:])
-        device = next(model.parameters()).device
+        device = next(module.student.parameters()).device  # an exact teacher has no parameters of its own
         z = (torch.randn(shape, generator=generator) * schedule_of(model).noise_std).to(device)
         cond = labels_for(self.num_samples, model_classes(model))
         x = generate(model, z, None if cond is None else cond.to(device), steps[0], sampling=spec,
                      generator=torch.Generator(device=device).manual_seed(evaluator.sample_seed + 1)).x0.float().cpu()
         metric = "swd" if evaluator.is_points else "fd"
         value = evaluator.distances(x, evaluator.x_val)[metric] if bool(torch.isfinite(x).all()) else float("nan")
-        self.points.append({"step": trainer.global_step, "nfe": steps[0], "metric": metric, "value": value})
+        batches = trainer.fit_loop.epoch_loop.batch_progress.total.processed  # training iterations so far
+        self.points.append({"step": trainer.global_step, "iteration": batches, "nfe": steps[0], "metric": metric, "value": value,
+                            "model": "student" if teacher is None else "teacher"})
         self.directory.mkdir(parents=True, exist_ok=True)
         write_atomic(self.path, json.dumps(self.points, indent=1))
 
@@ -85,9 +93,14 @@ class CurveCallback(L.Callback):
         import matplotlib.pyplot as plt
 
         figure, axis = plt.subplots(figsize=(5, 3))
-        axis.plot([p["step"] for p in self.points], [p["value"] for p in self.points], marker="o", markersize=3)
+        student = [p for p in self.points if p.get("model", "student") == "student"]
+        axis.plot([p["step"] for p in student], [p["value"] for p in student], marker="o", markersize=3, label="student")
+        for p in self.points:
+            if p.get("model") == "teacher":
+                axis.axhline(p["value"], color="grey", linestyle="--", label=f"teacher ({p['nfe']} NFE)")
+                axis.legend(fontsize=7)
         axis.set_xlabel("optimizer step")
-        axis.set_ylabel(f"{self.points[0]['metric']} to the validation split ({self.points[0]['nfe']} NFE)")
+        axis.set_ylabel(f"{student[0]['metric']} to the validation split ({student[0]['nfe']} NFE)")
         axis.set_yscale("log")
         figure.tight_layout()
         figure.savefig(self.directory / "curve.png", dpi=120)

@@ -214,6 +214,8 @@ class DiffusionEvaluator(Evaluator):
         if not bool(finite.all()):
             return {"finite": float(finite.float().mean())}
         out = self.distances(x, self.x_test)
+        # Total variance against the data's: guidance that over-sharpens (CFG augmentation alone) drives it above 1.
+        out["variance_ratio"] = float(x.flatten(1).double().var(0).sum() / self.x_test.flatten(1).double().var(0).sum())
         if self.is_points:
             if self.modes is not None:
                 out["coverage"], out["high_quality"] = sm.mode_coverage(x, self.modes, self.mode_std)
@@ -302,7 +304,7 @@ class DiffusionEvaluator(Evaluator):
             "metrics": "swd: sliced W2 (256 projections); mmd: unbiased RBF MMD^2 on the first mmd_points of each set; coverage/high_quality: 3-std modes; "
                        "coupling: mean |G(z) - ODE_teacher(z)| at teacher_steps; fd: Frechet distance in a local "
                        "digit classifier's features; class_acc: classifier agrees with the conditioning label; "
-                       "diversity: mean within-class pairwise L2; ms_per_sample: wall-clock on this machine",
+                       "diversity: mean within-class pairwise L2; variance_ratio: the samples' total variance over the test split's; ms_per_sample: wall-clock on this machine",
         }
         if self._classifier_accuracy is not None:
             card["feature_classifier_test_accuracy"] = self._classifier_accuracy

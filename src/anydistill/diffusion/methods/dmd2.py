@@ -25,15 +25,20 @@ What changes from `dmd`:
   first k steps (predict x0, re-noise to the next time), as at sampling; ``student_inputs:
   noised-data`` instead noises real data to ``tau_k`` (FastGen's choice), the ablation of the claim.
 
-The generator and fake score start from the teacher. Each iteration draws one real batch (the
-data module's), labels for the generator from it (conditional models), and fresh noise.
+The generator and fake score start from the teacher (the official code), or with ``init_from: PATH``
+from a ``model.safetensors`` export of the student's architecture: the way to distil a teacher with
+no weights to copy (`analytic-mixture`, the exact score, which separates the method's error from the
+teacher's). Each iteration draws one real batch (the data module's), labels for the generator from it
+(conditional models), and fresh noise.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 import torch
+from safetensors.torch import load_file
 
 from anydistill.core.method import DistillationMethod
 from anydistill.core.optim import make_optimizer
@@ -87,6 +92,8 @@ class DMD2(DistillationMethod):
             (`diffusion.lora`; exported merged, and apart in ``lora/``); None: all its weights train.
         lora_alpha: the adapters' scale numerator (default the rank).
         r1: weight of the R1 penalty on real samples (0: off, as DMD2).
+        init_from: where the generator and the fake score start: ``teacher`` (its weights, the
+            official code) or the path of a ``model.safetensors`` export of the student's architecture.
     """
 
     family = "diffusion"
@@ -118,6 +125,7 @@ class DMD2(DistillationMethod):
         r1: NonNegativeFloat = 0.0,
         lora_rank: PositiveInt | None = None,
         lora_alpha: PositiveFloat | None = None,
+        init_from: str = "teacher",
     ):
         super().__init__(student, teacher, optimizer)
         if not t_low < t_high:
@@ -129,9 +137,27 @@ class DMD2(DistillationMethod):
         self.gan_loss, self.r1, self.lora_rank, self.lora_alpha = gan_loss, r1, lora_rank, lora_alpha
         self.gan_scale, self.time_sampling, self.fake_weighting = gan_scale, time_sampling, fake_weighting
         self.generator_labels, self.max_grad_norm = generator_labels, max_grad_norm
+        if init_from != "teacher" and not Path(init_from).is_file():
+            raise ValueError(f"{type(self).__name__.lower()}: init_from '{init_from}' is not a file: give 'teacher' or the path of "
+                             "a model.safetensors export of the student's architecture (runs/NAME/checkpoints/LABEL/model.safetensors).")
+        self.init_from = init_from
 
     def starts_from_teacher(self) -> bool:
-        return True
+        return self.init_from == "teacher"
+
+    def start_weights(self) -> dict[str, torch.Tensor]:
+        """The generator's (and fake score's) first weights: the teacher's, or the ``init_from`` export."""
+        if self.init_from == "teacher":
+            if not any(True for _ in self.teacher.model.parameters()):
+                raise ValueError(f"{type(self).__name__.lower()} starts from the teacher's weights and this teacher has none (an exact "
+                                 "teacher such as analytic-mixture): set init_from to a model.safetensors export of the student's architecture.")
+            return self.teacher.model.state_dict()
+        start, own = load_file(self.init_from), self.student.state_dict()
+        differ = own.keys() ^ start.keys() or {k for k in own if own[k].shape != start[k].shape}
+        if differ:
+            raise ValueError(f"{type(self).__name__.lower()}: init_from {self.init_from} is not an export of the student's architecture "
+                             f"({len(differ)} weights differ, e.g. {min(differ)}): give the student the options it was trained with.")
+        return start
 
     def setup(self, stage: str) -> None:
         check_denoiser(self.student, "dmd2")
@@ -139,12 +165,13 @@ class DMD2(DistillationMethod):
             raise ValueError("dmd2 distills a teacher: the recipe needs a `teacher:` section.")
         self.real_teacher = diffusion_teacher(self.teacher)
         if not getattr(self.student, "lora", None):  # setup again (a resumed fit): the adapters are already on
-            self.student.load_state_dict(self.teacher.model.state_dict())
+            start = self.start_weights()
+            self.student.load_state_dict(start)
+            self.fake = trainable_copy(self.student)  # the fake score starts where the generator does
             if self.lora_rank is not None:
                 from anydistill.diffusion.lora import add_lora
 
                 add_lora(self.student, self.lora_rank, self.lora_alpha)
-        self.fake = trainable_copy(self.teacher.model)
         self.schedule = schedule_of(self.student)
         self.dm_times = dm_time_sampler(self.schedule, self.t_low, self.t_high, self.time_sampling)
         self.critic_times = KarrasTime() if self.time_sampling == "karras" else UniformTime()
@@ -201,13 +228,20 @@ class DMD2(DistillationMethod):
         """Logits ``[B]`` of the head on the fake score's bottleneck at ``x`` noised at a random level."""
         return self.discriminator.logits(self.fake, x, cond)
 
+    def generator_objective(self, x: torch.Tensor, cond: torch.Tensor | None, k: int, real: torch.Tensor) -> torch.Tensor:
+        """The generator's loss on its samples ``x [B, ...]`` made at its ``k``-th time, before the GAN
+        term: the distribution-matching loss (subclasses change it; ``real`` is the data batch)."""
+        loss = distribution_matching_loss(x, cond, self.real_teacher, self.fake, self.schedule, self.dm_times, self.cfg)
+        self.log_train("train/loss_dm", loss, x.shape[0], prog_bar=True)
+        return loss
+
     # ------------------------------------------------------------------ the step
 
     def iteration(self, batch_idx: int) -> int:
         return self.current_epoch * int(self.trainer.num_training_batches) + batch_idx
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        opt_g, opt_c = self.optimizers()
+        opt_g, opt_c = self.optimizers()[:2]
         real = batch["x"]
         real_cond = batch["y"] if self.student.null_class is not None else None
         cond = real_cond
@@ -221,14 +255,12 @@ class DMD2(DistillationMethod):
 
         if self.iteration(batch_idx) % self.update_ratio == 0:  # the generator's turn (TTUR)
             x = predict(self.student, x_in, t_k, cond, "x0")
-            loss_dm = distribution_matching_loss(x, cond, self.real_teacher, self.fake, self.schedule, self.dm_times, self.cfg)
-            loss_g = loss_dm
+            loss_g = self.generator_objective(x, cond, k, real)
             if gan and self.gan_weight_generator > 0:
                 loss_gan_g = self.discriminator.generator_loss(self.fake, x, cond)
                 loss_g = loss_g + gan_weight(self.gan_weight_generator, self.gan_scale, x[0].numel()) * loss_gan_g
                 self.log_train("train/loss_gan_generator", loss_gan_g, n)
             self.step(opt_g, loss_g, self.student.parameters())
-            self.log_train("train/loss_dm", loss_dm, n, prog_bar=True)
             fake_x = x.detach()
         else:
             with torch.no_grad():
