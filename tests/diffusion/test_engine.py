@@ -12,6 +12,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from anydistill.core.teacher import Teacher
+from anydistill.diffusion.methods.disback import DisBack
 from anydistill.diffusion.methods.dmd2 import DMD2
 from anydistill.diffusion.evaluate import DiffusionEvaluator
 from anydistill.diffusion.methods.progressive import ProgressiveDistillation
@@ -114,7 +115,7 @@ def fit(method, data, epochs: int, root, ckpt_path=None, stop_after: int | None 
     return trainer
 
 
-@pytest.mark.parametrize("name", ["progressive", "dmd2", "reflow"])
+@pytest.mark.parametrize("name", ["progressive", "dmd2", "reflow", "disback-recording", "disback-walking"])
 def test_resume_gives_the_uninterrupted_weights(name: str, tmp_path) -> None:
     teacher_model = tiny(0)
 
@@ -124,6 +125,9 @@ def test_resume_gives_the_uninterrupted_weights(name: str, tmp_path) -> None:
             return ProgressiveDistillation(tiny(1), Teacher(teacher_model), teacher_steps=8, student_steps=1, epochs_per_round=1)
         if name == "dmd2":
             return DMD2(tiny(1), Teacher(teacher_model), update_ratio=3, num_steps=2)
+        if name.startswith("disback"):  # 2 batches an epoch, cut after 4: recording the path (5 snapshots) or walking it back (3)
+            return DisBack(tiny(1), Teacher(teacher_model), update_ratio=2, path_checkpoints=5 if name.endswith("recording") else 3,
+                           path_interval=1, switch_every=1)
         return Reflow(tiny(1), Teacher(teacher_model), pair_steps=4, time_distribution="u-shaped")
 
     whole = build()

@@ -8,5 +8,7 @@ METHODS = {
     "reflow": "anydistill.diffusion.methods.reflow:Reflow",
     "dmd": "anydistill.diffusion.methods.dmd:DMD",
     "dmd2": "anydistill.diffusion.methods.dmd2:DMD2",
+    "decoupled-dmd": "anydistill.diffusion.methods.decoupled_dmd:DecoupledDMD",
+    "disback": "anydistill.diffusion.methods.disback:DisBack",
 }
 EVALUATOR = "anydistill.diffusion.evaluate:DiffusionEvaluator"

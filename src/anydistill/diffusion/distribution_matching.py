@@ -64,3 +64,24 @@ def one_step_input(schedule: NoiseSchedule, z: Tensor) -> tuple[Tensor, Tensor]:
     """The generator's input at ``t_max``: ``(sigma(t_max) z, t [B])`` (pure noise on every schedule here)."""
     t = torch.full((z.shape[0],), float(schedule.t_max), device=z.device)
     return schedule.sigma(t[:1].double()).float().item() * z, t
+
+
+def mean_variance_kl(x: Tensor, reference: Tensor) -> Tensor:
+    r"""Decoupled DMD's mean-variance regulariser (Liu et al. 2025, Eq. 7): per sample, the mean and
+    variance :math:`(\mu_i, \sigma_i^2)` over all its elements, and the closed-form KL to the
+    reference's average statistics :math:`(\mu, \sigma^2)` (the paper: averages over sampled real data),
+
+    .. math:: \frac1B\sum_i \tfrac12\Big[\frac{\sigma_i^2 + (\mu_i - \mu)^2}{\sigma^2} - 1 - \log\frac{\sigma_i^2}{\sigma^2}\Big].
+
+    Args:
+        x: generator samples ``[B, ...]`` (with gradient).
+        reference: real samples ``[R, ...]`` giving :math:`\mu` = the mean of their per-sample means and
+            :math:`\sigma^2` = the mean of their per-sample variances (no gradient).
+
+    Returns:
+        A scalar, 0 when every sample has the reference's statistics.
+    """
+    flat, ref = x.flatten(1).float(), reference.detach().flatten(1).float()
+    mu, var = flat.mean(1), flat.var(1, unbiased=False).clamp_min(1e-12)
+    mu_ref, var_ref = ref.mean(1).mean(), ref.var(1, unbiased=False).mean()
+    return 0.5 * ((var + (mu - mu_ref) ** 2) / var_ref - 1 - torch.log(var / var_ref)).mean()

@@ -22,6 +22,7 @@ with ``t`` in the dtype it was given (pass float64 times where precision matters
                                        ``f = c_skip x + c_out F`` with ``f(x, t_min) = x``
 `pseudo_huber`, `ict_huber_c`          ``sqrt(||a - b||^2 + c^2) - c`` (iCT, RF++)
 `dmd_gradient`, `dmd_surrogate_loss`   Yin+ (2024) DMD / DMD2 distribution-matching gradient
+`decoupled_dmd_gradient`               Liu+ (2025) DM and CFG-augmentation terms, each at its own time
 `rectified_flow_loss`                  ``||v - (noise - x0)||`` (Liu+ 2022; RF++ 2024)
 =====================================  ====================================================
 
@@ -41,7 +42,7 @@ from anydistill.diffusion.targets.consistency import (
     pseudo_huber,
 )
 from anydistill.diffusion.targets.ddim import ddim_step
-from anydistill.diffusion.targets.dmd import REDUCTIONS, dmd_gradient, dmd_surrogate_loss
+from anydistill.diffusion.targets.dmd import REDUCTIONS, decoupled_dmd_gradient, dmd_gradient, dmd_surrogate_loss
 from anydistill.diffusion.targets.progressive import (
     PD_WEIGHTINGS,
     pd_times,
@@ -66,6 +67,7 @@ __all__ = [
     "consistency_distillation_pair",
     "consistency_parametrisation",
     "ddim_step",
+    "decoupled_dmd_gradient",
     "dmd_gradient",
     "dmd_surrogate_loss",
     "ict_huber_c",
