@@ -42,29 +42,30 @@ ARMS = {
 }
 
 
-def one_seed(seed: int, epochs: int, lr: float) -> None:
+def one_seed(seed: int, epochs: int, lr: float, arms: list[str] | None = None, tag: str = "") -> None:
     torch.set_num_threads(1)
     started = time.time()
     start = network_teacher(FOLDER, DATA, seed, label_dropout=0.1)
     common = {"num_steps": 4, "cfg": ALPHA, "init_from": str(start), "gan_weight_generator": 0.0, "gan_weight_discriminator": 0.0}
     recipe = {
-        "name": f"seed{seed}-epochs{epochs}", "seed": seed, "data": DATA,
+        "name": f"seed{seed}-epochs{epochs}{tag}", "seed": seed, "data": DATA,
         "teacher": {"name": "analytic-mixture", "distribution": "class_conditional_mixture", "schedule": "rectified-flow"},
         "student": MLP, "trainer": {"max_epochs": epochs, "progress_bar": False},
         "optimizer": {"name": "adam", "lr": lr, "schedule": "constant"},
         "evaluation": {"num_samples": 5000, "teacher_steps": 64, "student_steps": [4], "cfg": ALPHA, "reference": "teacher",
                        "curve_every": 500, "curve_samples": 2000},
-        "methods": {label: {"name": "decoupled-dmd", **common, **arm} for label, arm in ARMS.items()},
+        "methods": {label: {"name": "decoupled-dmd", **common, **arm} for label, arm in ARMS.items() if not arms or label in arms},
     }
     metrics = run(recipe, FOLDER)
-    PARTIAL.mkdir(parents=True, exist_ok=True)
-    (PARTIAL / f"seed{seed}.json").write_text(json.dumps({"seed": seed, "epochs": epochs, "lr": lr, "seconds": round(time.time() - started),
+    partial = PARTIAL.with_name(PARTIAL.name.replace(".partial", f"{tag}.partial"))
+    partial.mkdir(parents=True, exist_ok=True)
+    (partial / f"seed{seed}.json").write_text(json.dumps({"seed": seed, "epochs": epochs, "lr": lr, "seconds": round(time.time() - started),
                                                           "rows": metrics}, indent=2))
 
 
-def summarise() -> None:
+def summarise(tag: str = "") -> None:
     keys = ["swd", "swd_to_teacher", "mmd_to_teacher", "variance_ratio", "class_acc", "high_quality"]
-    seeds, s = summary_table(PARTIAL, keys)
+    seeds, s = summary_table(PARTIAL.with_name(PARTIAL.name.replace(".partial", f"{tag}.partial")), keys)
     lines = [
         "# Decoupled DMD on toy2d-conditional (4 steps, alpha = 3, exact guided teacher)", "",
         f"Mean ± std over seeds {[x['seed'] for x in seeds]}; {seeds[0]['epochs']} epochs of 40 iterations (batch 512), Adam lr "
@@ -73,7 +74,7 @@ def summarise() -> None:
         "variance over the test split's. Produced by benchmarks/diffusion_decoupled_dmd.py.", "",
         "| arm | swd to teacher | mmd to teacher | swd to data | variance ratio | class acc | high quality |", "|---|---|---|---|---|---|---|",
     ]
-    rows = [("teacher (64 steps)", "teacher", 64), *[(label, label, 4) for label in ARMS]]
+    rows = [("teacher (64 steps)", "teacher", 64), *[(label, label, 4) for label in ARMS if label in s]]
     for title, label, nfe in rows:
         lines.append(f"| {title} | " + " | ".join(cell(s, label, f"{k}@{nfe}") for k in
                                                   ("swd_to_teacher", "mmd_to_teacher", "swd", "variance_ratio", "class_acc", "high_quality")) + " |")
@@ -88,7 +89,7 @@ def summarise() -> None:
               f"({var_hyb[0]:.3f}x): {verdict(var_ca[0] >= 1.5 and abs(var_hyb[0] - 1) <= 0.1)}. (The guided teacher's own "
               f"ratio is {var_teacher[0]:.3f}x.)",
               f"- Hybrid (4) <= shared (1) in distance to the teacher: {hyb[0]:.4f} vs {shared[0]:.4f}: {verdict(hyb[0] <= shared[0])}."]
-    write_results("diffusion_decoupled_dmd", {"seeds": [x["seed"] for x in seeds], "summary": s,
+    write_results(f"diffusion_decoupled_dmd{tag}", {"seeds": [x["seed"] for x in seeds], "summary": s,
                                               "seconds_per_seed": [x["seconds"] for x in seeds]}, "\n".join(lines) + "\n")
     print("\n".join(lines))
 
@@ -98,9 +99,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int)
     parser.add_argument("--epochs", type=int, default=50)
     parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--arms", nargs="*", help="arms to run (default: all)")
+    parser.add_argument("--tag", default="", help="suffix of the results files (e.g. _long for a longer check)")
     parser.add_argument("--summarise", action="store_true")
     args = parser.parse_args()
-    summarise() if args.summarise else one_seed(args.seed, args.epochs, args.lr)
+    summarise(args.tag) if args.summarise else one_seed(args.seed, args.epochs, args.lr, args.arms, args.tag)
 
 
 if __name__ == "__main__":

@@ -80,7 +80,7 @@ def summarise() -> None:
         lines.append(f"| {title} | {nfe} | " + " | ".join(cell(s, label, f"{k}@{nfe}") for k in ("swd", "mmd", "coverage", "high_quality")) + " |")
     lines += ["", f"Iterations until the validation swd is <= {THRESHOLD}x the teacher's (per seed; — = not within the budget):", ""]
     for label, values in reach.items():
-        lines.append(f"- {label}: {values}")
+        lines.append(f"- {label}: {', '.join('—' if v is None else str(v) for v in values)}")
     done = [r for r in reach["dmd2"] if r is not None], [r for r in reach["disback (stage 2)"] if r is not None]
     fast = bool(done[0] and done[1]) and mean_std(done[0])[0] >= 1.5 * mean_std(done[1])[0]
     final_ok = s["disback"]["swd@1"][0] <= s["dmd2"]["swd@1"][0] + s["dmd2"]["swd@1"][1]

@@ -14,6 +14,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from anydistill.core.teacher import Teacher
 from anydistill.diffusion.methods.disback import DisBack
 from anydistill.diffusion.methods.dmd2 import DMD2
+from anydistill.diffusion.methods.phased_dmd import PhasedDMD
 from anydistill.diffusion.evaluate import DiffusionEvaluator
 from anydistill.diffusion.methods.progressive import ProgressiveDistillation
 from anydistill.diffusion.methods.reflow import Reflow
@@ -115,7 +116,7 @@ def fit(method, data, epochs: int, root, ckpt_path=None, stop_after: int | None 
     return trainer
 
 
-@pytest.mark.parametrize("name", ["progressive", "dmd2", "reflow", "disback-recording", "disback-walking"])
+@pytest.mark.parametrize("name", ["progressive", "dmd2", "reflow", "disback-recording", "disback-walking", "phased-dmd"])
 def test_resume_gives_the_uninterrupted_weights(name: str, tmp_path) -> None:
     teacher_model = tiny(0)
 
@@ -125,6 +126,8 @@ def test_resume_gives_the_uninterrupted_weights(name: str, tmp_path) -> None:
             return ProgressiveDistillation(tiny(1), Teacher(teacher_model), teacher_steps=8, student_steps=1, epochs_per_round=1)
         if name == "dmd2":
             return DMD2(tiny(1), Teacher(teacher_model), update_ratio=3, num_steps=2)
+        if name == "phased-dmd":  # 2 phases of 3 iterations: the cut after 4 is inside phase 1, its fake score restarted
+            return PhasedDMD(tiny(1), Teacher(teacher_model), update_ratio=2, phases=2, num_steps=2, phase_iterations=3)
         if name.startswith("disback"):  # 2 batches an epoch, cut after 4: recording the path (5 snapshots) or walking it back (3)
             return DisBack(tiny(1), Teacher(teacher_model), update_ratio=2, path_checkpoints=5 if name.endswith("recording") else 3,
                            path_interval=1, switch_every=1)

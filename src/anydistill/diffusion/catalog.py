@@ -10,5 +10,7 @@ METHODS = {
     "dmd2": "anydistill.diffusion.methods.dmd2:DMD2",
     "decoupled-dmd": "anydistill.diffusion.methods.decoupled_dmd:DecoupledDMD",
     "disback": "anydistill.diffusion.methods.disback:DisBack",
+    "multi-student": "anydistill.diffusion.methods.multi_student:MultiStudent",
+    "phased-dmd": "anydistill.diffusion.methods.phased_dmd:PhasedDMD",
 }
 EVALUATOR = "anydistill.diffusion.evaluate:DiffusionEvaluator"

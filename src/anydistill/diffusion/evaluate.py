@@ -263,6 +263,9 @@ class DiffusionEvaluator(Evaluator):
     # ------------------------------------------------------------------ export and card
 
     def export(self, model: nn.Module, spec: dict[str, Any], directory: Path, method: str) -> Path:
+        if type(getattr(model, "net", None)).__name__ == "RoutedNet":  # multi-student / phased experts: K copies of the recipe's student
+            spec = {"name": "routed-denoiser", "students": len(model.net.nets), "student": dict(spec), "by": model.net.by,
+                    **({"boundaries": model.net.boundaries.tolist()} if model.net.by == "time" else {})}
         # The model's own reading (consistency distillation turns an EDM student into a consistency-parametrised one).
         spec = {**spec, **({"preconditioning": model.preconditioning} if hasattr(model, "preconditioning") and "preconditioning" in spec else {})}
         if getattr(model, "lora", None):  # the adapters apart (lora/), the merged model as the recipe's architecture

@@ -159,15 +159,18 @@ class DMD2(DistillationMethod):
                              f"({len(differ)} weights differ, e.g. {min(differ)}): give the student the options it was trained with.")
         return start
 
+    def initialise_networks(self) -> None:
+        """The generator and the fake score start where ``init_from`` says (the fake score where the generator does)."""
+        self.student.load_state_dict(self.start_weights())
+        self.fake = trainable_copy(self.student)
+
     def setup(self, stage: str) -> None:
         check_denoiser(self.student, "dmd2")
         if self.teacher is None:
             raise ValueError("dmd2 distills a teacher: the recipe needs a `teacher:` section.")
         self.real_teacher = diffusion_teacher(self.teacher)
         if not getattr(self.student, "lora", None):  # setup again (a resumed fit): the adapters are already on
-            start = self.start_weights()
-            self.student.load_state_dict(start)
-            self.fake = trainable_copy(self.student)  # the fake score starts where the generator does
+            self.initialise_networks()
             if self.lora_rank is not None:
                 from anydistill.diffusion.lora import add_lora
 
