@@ -12,5 +12,6 @@ METHODS = {
     "disback": "anydistill.diffusion.methods.disback:DisBack",
     "multi-student": "anydistill.diffusion.methods.multi_student:MultiStudent",
     "phased-dmd": "anydistill.diffusion.methods.phased_dmd:PhasedDMD",
+    "flash-dmd": "anydistill.diffusion.methods.flash_dmd:FlashDMD",
 }
 EVALUATOR = "anydistill.diffusion.evaluate:DiffusionEvaluator"

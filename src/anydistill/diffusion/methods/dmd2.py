@@ -238,6 +238,13 @@ class DMD2(DistillationMethod):
         self.log_train("train/loss_dm", loss, x.shape[0], prog_bar=True)
         return loss
 
+    def generator_gan_applies(self, k: int) -> bool:
+        """Whether the GAN term joins the generator's loss at its ``k``-th step (always, here)."""
+        return True
+
+    def after_generator_step(self) -> None:
+        """Called after each generator update (nothing here)."""
+
     # ------------------------------------------------------------------ the step
 
     def iteration(self, batch_idx: int) -> int:
@@ -259,11 +266,12 @@ class DMD2(DistillationMethod):
         if self.iteration(batch_idx) % self.update_ratio == 0:  # the generator's turn (TTUR)
             x = predict(self.student, x_in, t_k, cond, "x0")
             loss_g = self.generator_objective(x, cond, k, real)
-            if gan and self.gan_weight_generator > 0:
+            if gan and self.gan_weight_generator > 0 and self.generator_gan_applies(k):
                 loss_gan_g = self.discriminator.generator_loss(self.fake, x, cond)
                 loss_g = loss_g + gan_weight(self.gan_weight_generator, self.gan_scale, x[0].numel()) * loss_gan_g
                 self.log_train("train/loss_gan_generator", loss_gan_g, n)
             self.step(opt_g, loss_g, self.student.parameters())
+            self.after_generator_step()
             fake_x = x.detach()
         else:
             with torch.no_grad():
