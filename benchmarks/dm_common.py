@@ -61,3 +61,23 @@ def summary_table(partial: Path, keys: list[str]) -> tuple[list[dict], dict[str,
 def cell(summary: dict, label: str, key: str, digits: int = 4) -> str:
     value = summary.get(label, {}).get(key)
     return "—" if value is None else f"{value[0]:.{digits}f} ± {value[1]:.{digits}f}"
+
+
+def load_export(folder: str, run_name: str, label: str):
+    """The model a run exported under ``checkpoints/<label>`` (rebuilt from its model.json, sampling spec set)."""
+    from safetensors.torch import load_file
+
+    from anydistill.core.registry import import_object
+    from anydistill.models.catalog import MODELS
+
+    directory = RUNS / folder / run_name / "checkpoints" / label
+    spec = json.loads((directory / "model.json").read_text())
+    recipe = yaml.safe_load((RUNS / folder / f"{run_name}.yaml").read_text())
+    module = load_recipe(recipe).data
+    data = module.target(**module.kwargs)
+    data.setup()
+    options = {k: v for k, v in spec.items() if k not in ("name", "sampling", "checkpoint")}
+    model = import_object(MODELS[spec["name"]])(tuple(data.input_shape), data.num_classes, **options)
+    model.load_state_dict(load_file(str(directory / "model.safetensors")))
+    model.sampling = spec.get("sampling")
+    return model.eval(), data
