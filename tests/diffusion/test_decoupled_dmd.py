@@ -31,8 +31,9 @@ def fake_net():
     return mlp_flow_denoiser((2,), CLASSES, schedule="rectified-flow", prediction="velocity", hidden=16, depth=2)
 
 
+@pytest.mark.parametrize("normalise", ["per-term", "joint"])
 @pytest.mark.parametrize("alpha", [1.0, 3.0, 7.5])
-def test_cfg_dmd_is_dm_plus_alpha_minus_one_ca_on_the_exact_teacher(alpha) -> None:
+def test_cfg_dmd_is_dm_plus_alpha_minus_one_ca_on_the_exact_teacher(alpha, normalise) -> None:
     teacher, fake, schedule = exact_teacher(), fake_net(), RectifiedFlow()
     g = torch.Generator().manual_seed(1)
     x = torch.randn(64, 2, generator=g, dtype=torch.float64) * 2
@@ -41,7 +42,7 @@ def test_cfg_dmd_is_dm_plus_alpha_minus_one_ca_on_the_exact_teacher(alpha) -> No
     fake_fn = lambda x_t, tt: predict(fake.double(), x_t, tt, cond, "x0")  # noqa: E731
     guided = dmd_gradient(x, t, noise, lambda x_t, tt: teacher.predict(x_t, tt, cond, kind="x0", cfg=alpha), fake_fn, schedule)
     split = decoupled_dmd_gradient(x, alpha, lambda x_t, tt: teacher.predict_pair(x_t, tt, cond, kind="x0"), fake_fn, schedule,
-                                   dm=(t, noise), ca=(t, noise))
+                                   dm=(t, noise), ca=(t, noise), normalise=normalise)
     torch.testing.assert_close(split, guided, rtol=0, atol=1e-6)
     ca_only = decoupled_dmd_gradient(x, alpha, lambda x_t, tt: teacher.predict_pair(x_t, tt, cond, kind="x0"), fake_fn, schedule,
                                      dm=None, ca=(t, noise))
@@ -50,6 +51,14 @@ def test_cfg_dmd_is_dm_plus_alpha_minus_one_ca_on_the_exact_teacher(alpha) -> No
     torch.testing.assert_close(ca_only + dm_only, guided, rtol=0, atol=1e-6)
     if alpha == 1.0:
         assert ca_only.abs().max() == 0  # no guidance, no CFG augmentation
+    # Joint: the CA term taken elsewhere keeps the DM level's normaliser (its size is its own, not rescaled).
+    later = (t * 0.1, torch.randn(64, 2, generator=g, dtype=torch.float64))
+    joint = decoupled_dmd_gradient(x, alpha, lambda x_t, tt: teacher.predict_pair(x_t, tt, cond, kind="x0"), fake_fn, schedule,
+                                   dm=(t, noise), ca=later, normalise="joint")
+    x_t = schedule.add_noise(x, later[1], later[0])
+    c, u = teacher.predict_pair(x_t, later[0], cond, kind="x0")
+    norm = (x - teacher.predict(schedule.add_noise(x, noise, t), t, cond, kind="x0", cfg=alpha)).abs().mean(1, keepdim=True)
+    torch.testing.assert_close(joint, dm_only - (alpha - 1) * (c - u) / norm, rtol=0, atol=1e-6)
 
 
 def test_mean_variance_kl_is_the_closed_form() -> None:

@@ -50,6 +50,8 @@ class DecoupledDMD(DMD2):
         regulariser: ``dm``, ``mean-var`` or ``gan`` (the shield, used where ``terms`` has ``dm``).
         regulariser_weight: the mean-var KL's weight against the CA surrogate (1).
         schedule: ``shared``, ``independent``, ``constrained`` or ``hybrid``.
+        normalise: ``per-term`` (each term by DMD2's normaliser at its own level) or ``joint`` (both by
+            the DM level's: the paper does not say; see `decoupled_dmd_gradient`).
     """
 
     paper = "Liu et al. 2025, Decoupled DMD: CFG Augmentation as the Spear, Distribution Matching as the Shield"
@@ -57,11 +59,13 @@ class DecoupledDMD(DMD2):
     def __init__(self, student, teacher=None, optimizer=None, *, cfg: float,
                  terms: Literal["ca+dm", "ca", "dm"] = "ca+dm", regulariser: Literal["dm", "mean-var", "gan"] = "dm",
                  regulariser_weight: NonNegativeFloat = 1.0,
-                 schedule: Literal["shared", "independent", "constrained", "hybrid"] = "hybrid", **dmd2_options):
+                 schedule: Literal["shared", "independent", "constrained", "hybrid"] = "hybrid",
+                 normalise: Literal["per-term", "joint"] = "per-term", **dmd2_options):
         super().__init__(student, teacher, optimizer, cfg=cfg, **dmd2_options)
         if regulariser == "gan" and "dm" in terms and self.gan_weight_generator == 0:
             raise ValueError("decoupled-dmd: regulariser: gan needs gan_weight_generator > 0 (the GAN term is the shield).")
         self.terms, self.regulariser, self.regulariser_weight, self.time_schedule = terms, regulariser, regulariser_weight, schedule
+        self.normalise = normalise
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
@@ -93,7 +97,7 @@ class DecoupledDMD(DMD2):
         if use_ca or use_dm:
             grad = decoupled_dmd_gradient(
                 x, float(self.cfg), lambda x_t, t: self.real_teacher.predict_pair(x_t, t, cond, kind="x0"),
-                lambda x_t, t: predict(self.fake, x_t, t, cond, "x0"), sch, dm=dm, ca=ca)
+                lambda x_t, t: predict(self.fake, x_t, t, cond, "x0"), sch, dm=dm, ca=ca, normalise=self.normalise)
             loss = dmd_surrogate_loss(x, grad, reduction="mean")
             self.log_train("train/loss_dm", loss, n, prog_bar=True)
         if "dm" in self.terms and self.regulariser == "mean-var":

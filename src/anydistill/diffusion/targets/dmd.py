@@ -108,6 +108,7 @@ def decoupled_dmd_gradient(
     *,
     dm: tuple[Tensor, Tensor] | None,
     ca: tuple[Tensor, Tensor] | None,
+    normalise: str = "per-term",
 ) -> Tensor:
     r"""DMD's gradient with a guided real score, split into its two terms (Decoupled DMD, Liu et al.
     2025, Eq. 6 and 8), each taken at its own re-noising of the generator's samples ``x``:
@@ -132,6 +133,9 @@ def decoupled_dmd_gradient(
         fake_score_x0_fn: ``fn(x_t, t) -> x0`` of the fake score.
         schedule: the `NoiseSchedule`.
         dm, ca: ``(t [B], noise [B, ...])`` of each term, or None to leave the term out.
+        normalise: ``per-term`` (each term by its own level's normaliser) or ``joint`` (both by the
+            DM level's, the CA level's without DM: one weight for the whole gradient, so a CA term
+            taken where it is small stays small). Both equal CFG-DMD when the terms share ``(t, noise)``.
 
     Returns:
         ``grad [B, ...]`` without gradient (float32, or float64 for float64 samples).
@@ -142,7 +146,10 @@ def decoupled_dmd_gradient(
     dtype = torch.promote_types(x0_student.dtype, torch.float32)
     x = x0_student.detach()
     dims = tuple(range(1, x.ndim))
+    if normalise not in ("per-term", "joint"):
+        raise ValueError(f"{name}: normalise must be 'per-term' or 'joint'. Got {normalise!r}.")
     grad = torch.zeros_like(x, dtype=dtype)
+    shared_normaliser = None
     with torch.no_grad():
         for term, pair in (("dm", dm), ("ca", ca)):
             if pair is None:
@@ -154,6 +161,9 @@ def decoupled_dmd_gradient(
             cond, uncond = (p.to(dtype) for p in real_pair_x0_fn(x_t, t))
             distance = (x.to(dtype) - (uncond + guidance * (cond - uncond))).abs()
             normaliser = distance.mean(dim=dims, keepdim=True) if dims else distance
+            if normalise == "joint":  # the first term's (DM's when present) for both
+                shared_normaliser = normaliser if shared_normaliser is None else shared_normaliser
+                normaliser = shared_normaliser
             if term == "dm":
                 grad += torch.nan_to_num((fake_score_x0_fn(x_t, t).to(dtype) - cond) / normaliser)
             else:
