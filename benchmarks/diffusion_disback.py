@@ -32,26 +32,28 @@ PATH = {"path_checkpoints": 10, "path_interval": 100}
 THRESHOLD = 1.2
 
 
-def one_seed(seed: int, iterations: int, lr: float, switch_every: int, curve_every: int) -> None:
+def one_seed(seed: int, iterations: int, lr: float, switch_every: int, curve_every: int, path_lr: float | None = None, tag: str = "") -> None:
     torch.set_num_threads(1)
     started = time.time()
     teacher = network_teacher(FOLDER, DATA, seed)
     path_epochs = PATH["path_checkpoints"] * PATH["path_interval"] // BATCHES
     common = {"update_ratio": 5, "gan_weight_generator": 0.0, "gan_weight_discriminator": 0.0}
-    name = f"seed{seed}-it{iterations}"
+    name = f"seed{seed}-it{iterations}{tag}"
     recipe = {
         "name": name, "seed": seed, "data": DATA, "teacher": {**MLP, "checkpoint": str(teacher)}, "student": MLP,
         "trainer": {"max_epochs": iterations // BATCHES, "progress_bar": False},
         "optimizer": {"name": "adam", "lr": lr, "schedule": "constant"},
         "evaluation": {"num_samples": 5000, "teacher_steps": 64, "student_steps": [1], "curve_every": curve_every, "curve_samples": 2000},
         "methods": {"dmd2": {**common},
-                    "disback": {**common, **PATH, "switch_every": switch_every, "max_epochs": iterations // BATCHES + path_epochs}},
+                    "disback": {**common, **PATH, "switch_every": switch_every, "max_epochs": iterations // BATCHES + path_epochs,
+                                **({"path_lr": path_lr} if path_lr else {})}},
     }
     metrics = run(recipe, FOLDER)
     curves = {label: json.loads((RUNS / FOLDER / name / "logs" / label / "curve.json").read_text()) for label in ("dmd2", "disback")}
-    PARTIAL.mkdir(parents=True, exist_ok=True)
-    (PARTIAL / f"seed{seed}.json").write_text(json.dumps({
-        "seed": seed, "iterations": iterations, "lr": lr, "switch_every": switch_every, "seconds": round(time.time() - started),
+    partial = PARTIAL.with_name(PARTIAL.name.replace(".partial", f"{tag}.partial"))
+    partial.mkdir(parents=True, exist_ok=True)
+    (partial / f"seed{seed}.json").write_text(json.dumps({
+        "seed": seed, "iterations": iterations, "lr": lr, "switch_every": switch_every, "path_lr": path_lr, "seconds": round(time.time() - started),
         "rows": metrics, "curves": curves}, indent=2))
 
 
@@ -62,8 +64,8 @@ def iterations_to(curve: list[dict], offset: int) -> int | None:
                  and p["value"] <= level), None)
 
 
-def summarise() -> None:
-    seeds, s = summary_table(PARTIAL, ["swd", "mmd", "coverage", "high_quality"])
+def summarise(tag: str = "") -> None:
+    seeds, s = summary_table(PARTIAL.with_name(PARTIAL.name.replace(".partial", f"{tag}.partial")), ["swd", "mmd", "coverage", "high_quality"])
     path_steps = PATH["path_checkpoints"] * PATH["path_interval"]
     reach = {"dmd2": [iterations_to(x["curves"]["dmd2"], 0) for x in seeds],
              "disback (stage 2)": [iterations_to(x["curves"]["disback"], path_steps) for x in seeds]}
@@ -71,7 +73,8 @@ def summarise() -> None:
     lines = [
         "# DisBack vs DMD2 on the 25-Gaussian grid (one step)", "",
         f"Seeds {[x['seed'] for x in seeds]}; {seeds[0]['iterations']} generator-phase iterations (batch 512, Adam lr {seeds[0]['lr']}, "
-        f"TTUR 5, no GAN); DisBack records 10 snapshots x 100 path updates first and switches target every "
+        f"TTUR 5, no GAN); DisBack records 10 snapshots x 100 path updates (path lr {seeds[0].get('path_lr') or seeds[0]['lr']}) first "
+        f"and switches target every "
         f"{seeds[0]['switch_every']} iterations. Final metrics on 5,000 samples against the test split; curves on 2,000 "
         "validation points. Produced by benchmarks/diffusion_disback.py.", "",
         "| model | NFE | swd | mmd | coverage | high quality |", "|---|---|---|---|---|---|",
@@ -86,7 +89,7 @@ def summarise() -> None:
     final_ok = s["disback"]["swd@1"][0] <= s["dmd2"]["swd@1"][0] + s["dmd2"]["swd@1"][1]
     lines += ["", f"Claim (>= 1.5x fewer iterations to the threshold, final swd no worse): "
                   f"{'**holds**' if fast and final_ok else '**does not hold**'} (faster: {fast}; final no worse: {final_ok})."]
-    write_results("diffusion_disback", {"seeds": [x["seed"] for x in seeds], "summary": s, "iterations_to_threshold": reach,
+    write_results(f"diffusion_disback{tag}", {"seeds": [x["seed"] for x in seeds], "summary": s, "iterations_to_threshold": reach,
                                         "seconds_per_seed": [x["seconds"] for x in seeds]}, "\n".join(lines) + "\n")
     print("\n".join(lines))
 
@@ -98,9 +101,14 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--switch-every", type=int, default=100)
     parser.add_argument("--curve-every", type=int, default=200, help="optimizer steps between curve points")
+    parser.add_argument("--path-lr", type=float, help="the path network's learning rate (default: the fake score's)")
+    parser.add_argument("--tag", default="", help="suffix of the results files")
     parser.add_argument("--summarise", action="store_true")
     args = parser.parse_args()
-    summarise() if args.summarise else one_seed(args.seed, args.iterations, args.lr, args.switch_every, args.curve_every)
+    if args.summarise:
+        summarise(args.tag)
+    else:
+        one_seed(args.seed, args.iterations, args.lr, args.switch_every, args.curve_every, args.path_lr, args.tag)
 
 
 if __name__ == "__main__":
