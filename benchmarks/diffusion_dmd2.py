@@ -45,7 +45,7 @@ NO_GAN = {"gan_weight_generator": 0.0, "gan_weight_discriminator": 0.0}
 def recipe(name: str, seed: int, teacher: dict, epochs: int, lr: float, methods: dict) -> dict:
     return {"name": name, "seed": seed, "data": DATA, "teacher": teacher, "student": MLP,
             "trainer": {"max_epochs": epochs, "progress_bar": False}, "optimizer": {"name": "adam", "lr": lr, "schedule": "constant"},
-            "evaluation": {"num_samples": 5000, "teacher_steps": 64, "student_steps": [1], "curve_every": 1000, "curve_samples": 2000},
+            "evaluation": {"num_samples": 5000, "teacher_steps": 64, "student_steps": [1], "curve_every": 200, "curve_samples": 2000},
             "methods": methods}
 
 
