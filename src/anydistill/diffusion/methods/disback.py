@@ -88,9 +88,7 @@ class DisBack(DMD2):
         """Stage 1: one update of the path network on the frozen generator's samples; a snapshot every
         ``path_interval`` updates; at the last, the fake score takes the most degraded snapshot."""
         real = batch["x"]
-        cond = batch["y"] if self.student.null_class is not None else None
-        if cond is not None and self.generator_labels == "uniform":
-            cond = torch.randint(self.student.null_class, cond.shape, device=cond.device)
+        _, cond = self.batch_labels(batch)
         k = int(torch.randint(self.num_steps, ()))
         with torch.no_grad():
             x = predict(self.student, self.generator_input(k, real, cond), self.step_time(k, real.shape[0], real.device), cond, "x0")

@@ -55,6 +55,12 @@ from anydistill.diffusion.discriminator import FeatureDiscriminator, bottleneck_
 from anydistill.diffusion.timesteps import KarrasTime, UniformTime
 
 
+def step_times(schedule, num_steps: int) -> list[float]:
+    """The K fixed generator times ``t_max (1 - k/K)`` of the range, k = 0 .. K-1 (SDXL: 999, 749, 499, 249 of 1000)."""
+    span = schedule.t_max - schedule.t_min
+    return [schedule.t_min + span * (1 - k / num_steps) for k in range(num_steps)]
+
+
 def gan_weight(weight: float, scale: str, sample_size: int) -> float:
     """The weight of a GAN term (a mean over the batch) added to a loss that is a mean over every
     element of ``B x sample_size``: ``weight`` itself (``per-sample``, the official reduction: per sample
@@ -178,9 +184,7 @@ class DMD2(DistillationMethod):
         self.schedule = schedule_of(self.student)
         self.dm_times = dm_time_sampler(self.schedule, self.t_low, self.t_high, self.time_sampling)
         self.critic_times = KarrasTime() if self.time_sampling == "karras" else UniformTime()
-        span = self.schedule.t_max - self.schedule.t_min
-        # K fixed generator times t_max (1 - k/K) of the range (SDXL: 999, 749, 499, 249 of 1000).
-        self.times = [self.schedule.t_min + span * (1 - k / self.num_steps) for k in range(self.num_steps)]
+        self.times = step_times(self.schedule, self.num_steps)
         tap = bottleneck_path(self.fake)
         self.discriminator = FeatureDiscriminator(feature_width(self.fake, tap, self.schedule), tap, self.schedule, self.critic_times,
                                                   hidden=self.head_hidden, loss=self.gan_loss, r1=self.r1)
@@ -238,6 +242,14 @@ class DMD2(DistillationMethod):
         self.log_train("train/loss_dm", loss, x.shape[0], prog_bar=True)
         return loss
 
+    def batch_labels(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """``(the real batch's labels, the generator's)``, None for unconditional models; the generator's
+        are the real ones, or (``generator_labels: uniform``) drawn uniformly over classes 0 .. K-1."""
+        real_cond = batch["y"] if self.student.null_class is not None else None
+        if real_cond is not None and self.generator_labels == "uniform":
+            return real_cond, torch.randint(self.student.null_class, real_cond.shape, device=real_cond.device)
+        return real_cond, real_cond
+
     def generator_gan_applies(self, k: int) -> bool:
         """Whether the GAN term joins the generator's loss at its ``k``-th step (always, here)."""
         return True
@@ -253,10 +265,7 @@ class DMD2(DistillationMethod):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         opt_g, opt_c = self.optimizers()[:2]
         real = batch["x"]
-        real_cond = batch["y"] if self.student.null_class is not None else None
-        cond = real_cond
-        if real_cond is not None and self.generator_labels == "uniform":
-            cond = torch.randint(self.student.null_class, real_cond.shape, device=real_cond.device)  # classes 0 .. K-1
+        real_cond, cond = self.batch_labels(batch)
         n = real.shape[0]
         k = int(torch.randint(self.num_steps, ()))
         x_in = self.generator_input(k, real, cond)

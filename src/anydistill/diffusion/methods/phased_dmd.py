@@ -31,17 +31,11 @@ import torch
 from anydistill.core.recipe import NonNegativeFloat, PositiveInt
 from anydistill.diffusion.common import predict, schedule_of
 from anydistill.diffusion.distribution_matching import trainable_copy
-from anydistill.diffusion.methods.dmd2 import DMD2
+from anydistill.diffusion.methods.dmd2 import DMD2, step_times
 from anydistill.diffusion.targets import dmd_surrogate_loss
 from anydistill.diffusion.targets.phased import phased_dm_gradient, subinterval_noise, subinterval_x0_target
 from anydistill.diffusion.timesteps import UniformTime
 from anydistill.models.routed_denoiser import routed
-
-
-def step_times(schedule, num_steps: int) -> list[float]:
-    """DMD2's K generator times ``t_max (1 - k/K)`` of the range (k = 0 .. K-1)."""
-    span = schedule.t_max - schedule.t_min
-    return [schedule.t_min + span * (1 - k / num_steps) for k in range(num_steps)]
 
 
 class PhasedDMD(DMD2):
@@ -111,9 +105,7 @@ class PhasedDMD(DMD2):
             self.fake.load_state_dict(self.teacher.model.state_dict())
             opt_c.state.clear()
         real = batch["x"]
-        cond = batch["y"] if self.student.null_class is not None else None
-        if cond is not None and self.generator_labels == "uniform":
-            cond = torch.randint(self.student.null_class, cond.shape, device=cond.device)
+        _, cond = self.batch_labels(batch)
         n, sch, s_value = real.shape[0], self.schedule, self.end_time(phase)
         s = torch.full((n,), s_value, device=real.device)
         span = sch.t_max - sch.t_min
