@@ -64,6 +64,24 @@ def test_reward_only_tuning_maximises_the_reward_alone() -> None:
     assert (proxy(on_data) - m.reward_model(on_data)).abs().mean() < 0.1  # the proxy agrees on the data
 
 
+def test_reward_only_tuning_updates_the_generator_every_iteration_and_no_critic() -> None:
+    """Without distillation the fake score and discriminator have no use: they stay as they were, and
+    the generator takes every iteration (not one in update_ratio)."""
+    import lightning as L
+
+    m = FlashDMD(tiny(1), Teacher(tiny(0)), num_steps=4, adversarial_steps=0, reward="mode-preference", reward_weight=1.0,
+                 distill=False, update_ratio=2)
+    steps = []
+    real_step = m.step
+    m.step = lambda optimizer, loss, parameters: (steps.append(optimizer), real_step(optimizer, loss, parameters))
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=4, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(m, datamodule=Toy2DData(num_train=128, num_val=16, num_test=16, batch_size=32))
+    before = tiny(0).state_dict()  # the fake score starts as the teacher's copy
+    assert len(steps) == 4 and all(o is steps[0] for o in steps)  # the generator's optimizer, every iteration
+    assert all(torch.equal(before[k], v) for k, v in m.fake.state_dict().items())
+
+
 @pytest.mark.parametrize(("options", "message"), [
     ({"adversarial_steps": 4}, "must leave DM steps"),
     ({"adversarial_steps": 1, "gan_weight_generator": 0.0}, "need the GAN"),

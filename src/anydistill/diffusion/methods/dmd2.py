@@ -257,6 +257,10 @@ class DMD2(DistillationMethod):
     def after_generator_step(self) -> None:
         """Called after each generator update (nothing here)."""
 
+    def trains_critic(self) -> bool:
+        """Whether the fake score (and discriminator) train; when not, the generator updates every iteration."""
+        return True
+
     # ------------------------------------------------------------------ the step
 
     def iteration(self, batch_idx: int) -> int:
@@ -272,7 +276,7 @@ class DMD2(DistillationMethod):
         t_k = self.step_time(k, n, real.device)
         gan = self.gan_weight_generator > 0 or self.gan_weight_discriminator > 0
 
-        if self.iteration(batch_idx) % self.update_ratio == 0:  # the generator's turn (TTUR)
+        if not self.trains_critic() or self.iteration(batch_idx) % self.update_ratio == 0:  # the generator's turn (TTUR)
             x = predict(self.student, x_in, t_k, cond, "x0")
             loss_g = self.generator_objective(x, cond, k, real)
             if gan and self.gan_weight_generator > 0 and self.generator_gan_applies(k):
@@ -285,6 +289,8 @@ class DMD2(DistillationMethod):
         else:
             with torch.no_grad():
                 fake_x = predict(self.student, x_in, t_k, cond, "x0")
+        if not self.trains_critic():
+            return
 
         # The critic's turn, every iteration: denoising on generator samples (+ the discriminator).
         loss_c = fake_score_loss(self.fake, self.schedule, fake_x, cond, times=self.critic_times, weighting=self.fake_weighting)

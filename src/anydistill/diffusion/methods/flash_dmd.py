@@ -115,6 +115,10 @@ class FlashDMD(DMD2):
         """DMD2's GAN term on the generator: only on the DM steps here (the clean steps have it already)."""
         return self.distill and k < self.num_steps - self.adversarial_steps
 
+    def trains_critic(self) -> bool:
+        """Tuning on the reward alone uses neither the fake score nor the discriminator."""
+        return self.distill
+
     def after_generator_step(self) -> None:
         if self.fake_ema is not None:
             with torch.no_grad():
