@@ -9,7 +9,7 @@ import torch
 
 from anydistill.catalog import load_recipe
 from anydistill.core.errors import RecipeError
-from anydistill.data.toy2d_distributions import class_conditional_mixture, eight_gaussians, twenty_five_gaussians
+from anydistill.data.toy2d_distributions import LABELLED, eight_gaussians, twenty_five_gaussians
 from anydistill.diffusion.analytic_mixture import analytic_mixture
 from anydistill.diffusion.common import diffusion_teacher, schedule_of
 
@@ -44,7 +44,7 @@ def test_wide_components_match_monte_carlo(schedule) -> None:
 
     means = torch.tensor([[-1.0, 0.0], [1.0, 0.5], [0.0, -1.5]])
     noise = schedule_of(analytic_mixture((2,), 0, schedule=schedule))
-    net = AnalyticMixtureNet(means, 0.7, noise, conditional=False)
+    net = AnalyticMixtureNet(means, 0.7, noise, classes=None)
     generator = torch.Generator().manual_seed(2)
     draw = lambda n: (means[torch.randint(3, (n,), generator=generator)] + 0.7 * torch.randn(n, 2, generator=generator)).double()  # noqa: E731
     x0 = draw(100_000)
@@ -55,10 +55,11 @@ def test_wide_components_match_monte_carlo(schedule) -> None:
         torch.testing.assert_close(net(x_t, time.expand(32)), monte_carlo_mean(x0, x_t, alpha, sigma), rtol=0, atol=0.03)
 
 
-def test_labels_give_their_class_and_guidance_combines_the_branches() -> None:
-    model = analytic_mixture((2,), 8, distribution="class_conditional_mixture", schedule="rectified-flow")
+@pytest.mark.parametrize("distribution", ["class_conditional_mixture", "class_submode_mixture"])
+def test_labels_give_their_class_and_guidance_combines_the_branches(distribution: str) -> None:
+    model = analytic_mixture((2,), 8, distribution=distribution, schedule="rectified-flow")
     generator = torch.Generator().manual_seed(1)
-    x0, y = class_conditional_mixture(100_000, generator)
+    x0, y = LABELLED[distribution](100_000, generator)
     x0 = x0.double()
     x_t = 0.4 * x0[:32] + 0.6 * torch.randn(32, 2, generator=generator, dtype=torch.float64)
     time = torch.full((32,), 0.6, dtype=torch.float64)

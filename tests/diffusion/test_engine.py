@@ -180,3 +180,14 @@ def test_evaluator_data_row_and_conditional_class_accuracy() -> None:
     assert evaluator.scores(x, y)["class_acc"] == 1.0  # exact samples sit on their own class's mode
     row = evaluator.evaluate(tiny(0, num_classes=8), None, "diffusion-teacher")
     assert 0.0 <= row["class_acc@4"] <= 1.0
+
+
+def test_evaluator_scores_within_class_sub_modes_on_the_sub_mode_mixture() -> None:
+    data = Toy2DConditionalData("class_submode_mixture", num_train=64, num_val=16, num_test=400)
+    evaluator = DiffusionEvaluator(data, num_samples=800, teacher_steps=4, student_steps=[1], straightness_steps=2)
+    x, y = data.sample(4000, 0)
+    exact = evaluator.scores(x, y)
+    assert exact["class_acc"] == 1.0 and exact["submodes_kept"] == 1.0 and exact["submode_evenness"] > 0.99
+    centres = torch.tensor([0, 4, 8, 12, 16, 20, 24, 28])  # every class collapsed onto its first sub-mode
+    collapsed = evaluator.scores(evaluator.modes[centres[y]], y)
+    assert collapsed["class_acc"] == 1.0 and collapsed["submodes_kept"] == 0.25 and collapsed["submode_evenness"] == 0.0

@@ -14,6 +14,7 @@ from anydistill.diffusion.sample_metrics import (
     mode_coverage,
     sliced_wasserstein,
     straightness,
+    within_class_modes,
 )
 
 
@@ -208,3 +209,16 @@ def test_straightness_penalises_varying_speed_and_checks_times():
         straightness(trajectory, torch.zeros(11))
     with pytest.raises(ValueError, match=r"one time per state, \[11\]. Got 5"):
         straightness(trajectory, times[:5])
+
+
+def test_within_class_modes_scores_kept_sub_modes_and_evenness_by_hand():
+    modes = torch.tensor([[0.0, 0.0], [1.0, 0.0], [10.0, 0.0], [11.0, 0.0]])
+    classes = torch.tensor([0, 0, 1, 1])
+    # class 0: 3 samples on mode 0, 1 on mode 1; class 1: 4 on mode 2, and 1 labelled 1 but on mode 0 (bad)
+    x = torch.tensor([[0.0, 0.0]] * 3 + [[1.0, 0.0]] + [[10.0, 0.0]] * 4 + [[0.0, 0.0]])
+    labels = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 1])
+    kept, evenness = within_class_modes(x, labels, modes, classes, std=0.1, share=0.5)
+    # fair counts: class 0: 2 per mode (3 and 1 >= 1: both kept); class 1: 2.5 per mode (4 kept, 0 not)
+    assert kept == pytest.approx(3 / 4)
+    h0 = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25)) / math.log(2)
+    assert evenness == pytest.approx((h0 + 0.0) / 2)

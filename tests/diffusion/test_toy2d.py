@@ -119,3 +119,15 @@ def test_class_conditional_labels_match_their_gaussian():
     assert torch.equal(x, again[0]) and torch.equal(y, again[1])
     x3, y3 = class_conditional_mixture(100, gen(), num_classes=3)
     assert y3.max() == 2 and (torch.cdist(x3, toy2d.class_means(3)).argmin(dim=1) == y3).all()
+
+
+def test_class_submode_mixture_puts_each_class_on_its_four_sub_modes_equally():
+    x, y = toy2d.class_submode_mixture(N, gen())
+    centres, classes = modes("class_submode_mixture"), toy2d.mode_classes("class_submode_mixture")
+    assert centres.shape == (32, 2) and torch.equal(classes, torch.arange(8).repeat_interleave(4))
+    nearest = torch.cdist(x, centres).argmin(dim=1)
+    assert torch.equal(classes[nearest], y)  # every point's nearest sub-mode is one of its class's
+    assert ((x - centres[nearest]).norm(dim=1) < 5 * mode_std("class_submode_mixture")).all()
+    share = torch.bincount(nearest, minlength=32).double() / N
+    assert share.min() > 0.5 / 32 and share.max() < 1.5 / 32
+    assert torch.equal(x, toy2d.class_submode_mixture(N, gen())[0])

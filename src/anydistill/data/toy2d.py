@@ -15,7 +15,7 @@ import torch
 
 from anydistill.core.recipe import PositiveInt
 from anydistill.data.tensor_data import TensorClassificationData
-from anydistill.data.toy2d_distributions import CLASS_MIXTURE_NUM_CLASSES, TOY2D, class_conditional_mixture
+from anydistill.data.toy2d_distributions import CLASS_MIXTURE_NUM_CLASSES, LABELLED, TOY2D
 
 Distribution = Literal["eight_gaussians", "twenty_five_gaussians", "checkerboard", "two_moons", "swiss_roll"]
 
@@ -87,16 +87,18 @@ class Toy2DData(TensorClassificationData):
 
 
 class Toy2DConditionalData(Toy2DData):
-    """The class-conditional mixture of `anydistill.data.toy2d_distributions.class_conditional_mixture`: 8 Gaussians
-    on a ring, one per class, with their labels (for classifier-free guidance).
+    """A class-conditional mixture of `anydistill.data.toy2d_distributions` with its labels (for
+    classifier-free guidance): ``class_conditional_mixture``, 8 Gaussians on a ring, one per class, or
+    ``class_submode_mixture``, the same classes made of 4 tight sub-modes each (within-class diversity).
 
-    Args: as `Toy2DData`, without ``distribution``.
+    Args: as `Toy2DData`, with ``distribution`` one of the two.
     """
 
     num_classes = CLASS_MIXTURE_NUM_CLASSES
 
     def __init__(
         self,
+        distribution: Literal["class_conditional_mixture", "class_submode_mixture"] = "class_conditional_mixture",
         num_train: PositiveInt = 20000,
         num_val: PositiveInt = 2000,
         num_test: PositiveInt = 5000,
@@ -109,7 +111,9 @@ class Toy2DConditionalData(Toy2DData):
     ):
         super().__init__("eight_gaussians", num_train, num_val, num_test, data_seed, batch_size, eval_batch_size,
                          shuffle, train_limit, seed)
-        self.distribution = "class_conditional_mixture"
+        if distribution not in LABELLED:
+            raise ValueError(f"The 'distribution' parameter of Toy2DConditionalData must be one of {sorted(LABELLED)}. Got {distribution!r}.")
+        self.distribution = distribution
 
     def _draw_n(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        return class_conditional_mixture(n, generator, self.num_classes)
+        return LABELLED[self.distribution](n, generator, self.num_classes)

@@ -16,9 +16,12 @@ so one noise schedule suits them all.
 =========================== ================================================================
 
 ``TOY2D`` maps these names to their samplers. ``class_conditional_mixture`` (one Gaussian per
-class on a ring, for classifier-free guidance) returns labels too, so it is not in ``TOY2D``.
-For the mixtures, ``modes(name)`` gives the centres ``[K, 2]`` and ``mode_std(name)`` the
-per-axis std, which is what ``anydistill.diffusion.sample_metrics.mode_coverage`` takes.
+class on a ring, for classifier-free guidance) and ``class_submode_mixture`` (the same 8 classes,
+each a ring of 4 tight sub-modes, for within-class diversity: mode-seeking distillation keeps the
+class and drops sub-modes) return labels too, so they are not in ``TOY2D``. For the mixtures,
+``modes(name)`` gives the centres ``[K, 2]``, ``mode_std(name)`` the per-axis std (what
+``anydistill.diffusion.sample_metrics.mode_coverage`` takes) and ``mode_classes(name)`` the class of
+each centre.
 """
 
 from __future__ import annotations
@@ -68,6 +71,12 @@ SWISS_ROLL_SCALE = 0.2
 CLASS_MIXTURE_RADIUS = 2.0
 CLASS_MIXTURE_STD = 0.2
 CLASS_MIXTURE_NUM_CLASSES = 8
+# Sub-mode mixture: class c's mean above plus one of SUBMODES offsets on a ring of SUBMODE_RADIUS,
+# std SUBMODE_STD: neighbouring sub-modes 0.35 sqrt(2) = 0.49 apart (9.9 stds), and the nearest
+# sub-modes of neighbouring classes 1.53 - 2 x 0.35 = 0.83 apart.
+SUBMODES = 4
+SUBMODE_RADIUS = 0.35
+SUBMODE_STD = 0.05
 
 
 def _ring(num: int, radius: float) -> Tensor:
@@ -201,6 +210,32 @@ def class_conditional_mixture(
     return x, y
 
 
+def submode_means(num_classes: int = CLASS_MIXTURE_NUM_CLASSES) -> Tensor:
+    """``[num_classes * SUBMODES, 2]``: row ``c * SUBMODES + j`` is class ``c``'s ``j``-th sub-mode,
+    ``class_means(K)[c] + SUBMODE_RADIUS (cos(2 pi j / S + pi / 4), sin(...))`` (turned by pi/4 so
+    no sub-mode points at a neighbouring class)."""
+    angle = 2 * math.pi * torch.arange(SUBMODES, dtype=torch.float64) / SUBMODES + math.pi / 4
+    offsets = SUBMODE_RADIUS * torch.stack([angle.cos(), angle.sin()], dim=1).float()
+    return (class_means(num_classes)[:, None, :] + offsets[None]).reshape(-1, 2)
+
+
+def class_submode_mixture(
+    n: int, generator: torch.Generator, num_classes: int = CLASS_MIXTURE_NUM_CLASSES
+) -> tuple[Tensor, Tensor]:
+    """Labelled samples of the class-conditional mixture whose classes have ``SUBMODES`` sub-modes each.
+
+    ``y ~ U{0..K-1}``, ``j ~ U{0..S-1}`` and ``x | y, j ~ N(submode_means(K)[y S + j], 0.05^2 I)``.
+
+    Returns:
+        ``x`` ``[n, 2]`` float32 and ``y`` ``[n]`` int64.
+    """
+    _check_n("class_submode_mixture", n)
+    y = torch.randint(num_classes, (n,), generator=generator)
+    j = torch.randint(SUBMODES, (n,), generator=generator)
+    x = submode_means(num_classes)[y * SUBMODES + j] + SUBMODE_STD * torch.randn(n, 2, generator=generator)
+    return x, y
+
+
 TOY2D: dict[str, Sampler] = {
     "eight_gaussians": eight_gaussians,
     "twenty_five_gaussians": twenty_five_gaussians,
@@ -213,11 +248,13 @@ _MIXTURES: dict[str, tuple[Callable[[], Tensor], float]] = {
     "eight_gaussians": (lambda: _ring(8, EIGHT_GAUSSIANS_RADIUS), EIGHT_GAUSSIANS_STD),
     "twenty_five_gaussians": (_grid, TWENTY_FIVE_GAUSSIANS_STD),
     "class_conditional_mixture": (class_means, CLASS_MIXTURE_STD),
+    "class_submode_mixture": (submode_means, SUBMODE_STD),
 }
+LABELLED = {"class_conditional_mixture": class_conditional_mixture, "class_submode_mixture": class_submode_mixture}
 
 
 def _check_name(func: str, name: str) -> None:
-    known = [*TOY2D, "class_conditional_mixture"]
+    known = [*TOY2D, *LABELLED]
     if name not in known:
         close = difflib.get_close_matches(str(name), known, n=1, cutoff=0.5)
         hint = f"; did you mean '{close[0]}'?" if close else "."
@@ -241,3 +278,12 @@ def mode_std(name: str) -> float | None:
     """Isotropic per-axis std of each mixture component of ``name``, or ``None`` (no modes)."""
     _check_name("mode_std", name)
     return _MIXTURES[name][1] if name in _MIXTURES else None
+
+
+def mode_classes(name: str) -> Tensor | None:
+    """``[K]`` int64: the class of each of ``modes(name)`` for the labelled mixtures (``None`` otherwise)."""
+    _check_name("mode_classes", name)
+    if name not in LABELLED:
+        return None
+    per_class = SUBMODES if name == "class_submode_mixture" else 1
+    return torch.arange(CLASS_MIXTURE_NUM_CLASSES).repeat_interleave(per_class)

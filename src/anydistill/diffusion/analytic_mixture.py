@@ -14,8 +14,9 @@ is the method's (optimisation, budget), never the teacher's. The components shar
 the responsibilities are a softmax of :math:`\log \pi_k - \lVert x_t - \alpha_t\mu_k\rVert^2 /
 2(\alpha_t^2 s^2 + \sigma_t^2)`.
 
-Class-conditional mixtures (`toy2d-conditional`: one component per class) give the class's own
-posterior mean for a label and the whole mixture's for the null label, so classifier-free guidance
+Class-conditional mixtures (`toy2d-conditional`: one component per class, or 4 sub-modes per class)
+give the posterior mean of the class's own components for a label and the whole mixture's for the
+null label, so classifier-free guidance
 (`DiffusionTeacher`, on this x0 output) is the guided teacher exactly, as a trained one would
 approximate it.
 """
@@ -30,7 +31,7 @@ from torch import Tensor, nn
 
 from anydistill.models.flow_denoisers import Denoiser, ScheduleName
 
-MixtureName = Literal["eight_gaussians", "twenty_five_gaussians", "class_conditional_mixture"]
+MixtureName = Literal["eight_gaussians", "twenty_five_gaussians", "class_conditional_mixture", "class_submode_mixture"]
 
 
 class AnalyticMixtureNet(nn.Module):
@@ -41,18 +42,21 @@ class AnalyticMixtureNet(nn.Module):
         means: ``[K, D]`` component means.
         std: the components' per-axis std ``s``.
         schedule: the `NoiseSchedule` whose ``alpha(t)``, ``sigma(t)`` noise the data.
-        conditional: component ``k`` is class ``k`` (labels ``0..K-1``; ``K`` is the null label).
+        classes: ``[K]`` int64, the class of each component (labels ``0..C-1``; ``C`` is the null
+            label), or ``None`` for an unconditional mixture.
     """
 
-    def __init__(self, means: Tensor, std: float, schedule, conditional: bool):
+    def __init__(self, means: Tensor, std: float, schedule, classes: Tensor | None):
         super().__init__()
         self.register_buffer("means", means.detach().clone().double())
-        self.std, self.schedule, self.conditional = float(std), schedule, conditional
+        self.register_buffer("classes", None if classes is None else classes.detach().clone().long())
+        self.std, self.schedule, self.conditional = float(std), schedule, classes is not None
+        self._null = int(classes.max()) + 1 if classes is not None else None
 
     @property
     def null_class(self) -> int | None:
         """The label meaning "the whole mixture" (classifier-free guidance's unconditional branch)."""
-        return self.means.shape[0] if self.conditional else None
+        return self._null
 
     def forward(self, x_t: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
         x = x_t.double().flatten(1)
@@ -63,7 +67,7 @@ class AnalyticMixtureNet(nn.Module):
         logits = -(offset**2).sum(-1) / (2 * variance)  # [B, K]: log r_k up to a constant (equal weights)
         if self.conditional and cond is not None:
             labelled = cond != self.null_class  # a label keeps its own component; the null label all of them
-            own = torch.arange(self.means.shape[0], device=x.device)[None] == cond[:, None]
+            own = self.classes[None] == cond[:, None]  # [B, K]: the label's own components
             logits = torch.where(labelled[:, None] & ~own, torch.full_like(logits, -math.inf), logits)
         responsibility = logits.softmax(-1)
         posterior = self.means[None] + (alpha * self.std**2 / variance)[:, :, None] * offset  # E[x0 | x_t, k]
@@ -77,17 +81,17 @@ def analytic_mixture(
     distribution: MixtureName = "eight_gaussians",
     schedule: ScheduleName = "rectified-flow",
 ) -> Denoiser:
-    """The exact x0-denoiser of a toy 2-D mixture (``eight_gaussians``, ``twenty_five_gaussians``,
-    or ``class_conditional_mixture`` with the data's classes) on ``schedule``: a `Denoiser` with
+    """The exact x0-denoiser of a toy 2-D mixture (``eight_gaussians``, ``twenty_five_gaussians``, or
+    ``class_conditional_mixture`` / ``class_submode_mixture`` with the data's classes) on ``schedule``: a `Denoiser` with
     ``prediction: x0`` and no parameters, for a recipe's ``teacher:`` (no training, no checkpoint).
 
     Raises:
         ValueError: data that is not 2-D points, or classes that do not match the distribution.
     """
-    from anydistill.data.toy2d_distributions import class_means, mode_std, modes
+    from anydistill.data.toy2d_distributions import LABELLED, SUBMODES, class_means, mode_std, modes, submode_means
     from anydistill.diffusion.common import SCHEDULES
 
-    conditional = distribution == "class_conditional_mixture"
+    conditional = distribution in LABELLED
     if tuple(input_shape) != (2,):
         raise ValueError(f"analytic-mixture is the exact denoiser of the 2-D toy mixtures; the data has shape {tuple(input_shape)}. "
                          "Use toy2d or toy2d-conditional data, or a trained teacher.")
@@ -95,5 +99,10 @@ def analytic_mixture(
         fix = ("use distribution: class_conditional_mixture" if num_classes > 0 else "use data: toy2d-conditional")
         raise ValueError(f"analytic-mixture: distribution '{distribution}' {'has' if conditional else 'has no'} classes but the data "
                          f"has {num_classes}: {fix}.")
-    means = class_means(num_classes) if conditional else modes(distribution)
-    return Denoiser(AnalyticMixtureNet(means, mode_std(distribution), SCHEDULES[schedule](), conditional), schedule, "x0", "none")
+    if not conditional:
+        means, classes = modes(distribution), None
+    elif distribution == "class_submode_mixture":
+        means, classes = submode_means(num_classes), torch.arange(num_classes).repeat_interleave(SUBMODES)
+    else:
+        means, classes = class_means(num_classes), torch.arange(num_classes)
+    return Denoiser(AnalyticMixtureNet(means, mode_std(distribution), SCHEDULES[schedule](), classes), schedule, "x0", "none")

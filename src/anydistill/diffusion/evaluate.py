@@ -105,6 +105,7 @@ class DiffusionEvaluator(Evaluator):
 
         self.modes = toy2d.modes(name) if self.is_points and name in toy2d._MIXTURES else None
         self.mode_std = toy2d.mode_std(name) if self.modes is not None else None
+        self.mode_classes = toy2d.mode_classes(name) if self.modes is not None and self.data.num_classes else None
         self._references: dict[int, Tensor] = {}  # teacher ODE samples, by id of the teacher network
         self._pending: tuple[int, dict] | None = None  # samples drawn by export, reused by evaluate
         self._classifier_accuracy: float | None = None
@@ -219,9 +220,12 @@ class DiffusionEvaluator(Evaluator):
         if self.is_points:
             if self.modes is not None:
                 out["coverage"], out["high_quality"] = sm.mode_coverage(x, self.modes, self.mode_std)
-                if cond is not None and self.modes.shape[0] == int(cond.max()) + 1 and self.data.num_classes:
-                    # class-conditional mixture: mode c is class c's mean
-                    out["class_acc"] = float((torch.cdist(x.double(), self.modes.double()).argmin(1) == cond).float().mean())
+                if cond is not None and self.mode_classes is not None:
+                    nearest = torch.cdist(x.double(), self.modes.double()).argmin(1)
+                    out["class_acc"] = float((self.mode_classes[nearest] == cond).float().mean())
+                    if self.mode_classes.shape[0] > self.data.num_classes:  # classes own several sub-modes
+                        out["submodes_kept"], out["submode_evenness"] = sm.within_class_modes(
+                            x, cond, self.modes, self.mode_classes, self.mode_std)
             return out
         net, _ = self.classifier()
         _, logits = features_and_logits(net, x)

@@ -17,6 +17,8 @@ Functions:
 * ``mmd_rbf``: unbiased :math:`\mathrm{MMD}^2` with a mixture of Gaussian kernels.
 * ``energy_distance``: Székely's energy distance :math:`2E|X-Y| - E|X-X'| - E|Y-Y'|`.
 * ``mode_coverage``: modes hit and fraction of high-quality samples, for Gaussian mixtures.
+* ``within_class_modes``: for labelled samples of a mixture whose classes own several modes, the
+  sub-modes each class keeps and how evenly it spreads over them (within-class diversity).
 * ``coupling_error``: mean :math:`\|G(z) - \mathrm{ODE}_{teacher}(z)\|_2` over paired samples.
 * ``straightness``: :math:`S` of rectified flow (Liu et al., 2022) from a sampled trajectory.
 """
@@ -254,6 +256,43 @@ def mode_coverage(
     counts = torch.bincount(nearest[good], minlength=modes.shape[0])
     coverage = (counts >= min_count).double().mean()
     return float(coverage), float(good.double().mean())
+
+
+def within_class_modes(
+    x: Tensor, labels: Tensor, modes: Tensor, mode_classes: Tensor, std: float, k: float = 3.0, *, share: float = 0.1
+) -> tuple[float, float]:
+    r"""Within-class sub-mode coverage and evenness of labelled samples of a Gaussian mixture.
+
+    A sample counts for mode :math:`j` when it lies within :math:`k\sigma` of its nearest mode and
+    that mode belongs to the sample's label. For class :math:`c` with :math:`n_c` samples and
+    :math:`S_c` modes, mode :math:`j` is *kept* when it gets at least ``share`` of its fair count
+    :math:`n_c / S_c`; the *evenness* of the class is the entropy of its counts over its modes divided
+    by :math:`\log S_c` (1: spread equally, 0: one mode). A generator that keeps the class but drops
+    sub-modes (mode seeking) scores high class accuracy and low values here.
+
+    Args:
+        x: ``[N, D]`` samples; labels: ``[N]`` their classes.
+        modes: ``[K, D]`` mode centres; mode_classes: ``[K]`` the class of each (every class owns >= 2).
+        std: the components' per-axis std; k: the radius in stds; share: the fraction of the fair
+            count a mode needs to count as kept.
+
+    Returns:
+        ``(kept, evenness)``: the fraction of all (class, mode) pairs kept, over the classes present
+        in ``labels``, and the mean evenness over those classes.
+    """
+    x, modes = x.double(), modes.double().to(x.device)
+    mode_classes, labels = mode_classes.to(x.device), labels.to(x.device)
+    dist, nearest = _nearest(x, modes)
+    good = (dist <= k * std) & (mode_classes[nearest] == labels)
+    counts = torch.bincount(nearest[good], minlength=modes.shape[0]).double()  # [K]
+    kept, evenness = [], []
+    for c in labels.unique():
+        own = mode_classes == c
+        fair = float((labels == c).sum()) / int(own.sum())
+        kept.append((counts[own] >= share * fair).double())
+        p = counts[own] / counts[own].sum().clamp(min=1)
+        evenness.append(float(-(p * p.clamp(min=1e-300).log()).sum()) / float(torch.log(own.sum().double())))
+    return float(torch.cat(kept).mean()), sum(evenness) / len(evenness)
 
 
 def coupling_error(student_out: Tensor, teacher_out: Tensor) -> float:
