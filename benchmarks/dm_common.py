@@ -30,12 +30,14 @@ def run(recipe: dict, folder: str) -> dict:
     return run_recipe(load_recipe(str(path)), RunDir.create(runs, recipe["name"]))
 
 
-def network_teacher(folder: str, data: dict, seed: int, epochs: int = 100, label_dropout: float | None = None) -> Path:
-    """A rectified-flow MLP trained on ``data`` (kept between invocations): the export the students start from."""
+def network_teacher(folder: str, data: dict, seed: int, epochs: int = 100, label_dropout: float | None = None,
+                    model: dict | None = None) -> Path:
+    """A rectified-flow network (``model``, the MLP by default) trained on ``data`` (kept between
+    invocations): the export the students start from."""
     name = f"net-teacher-{data['name']}-{epochs}-seed{seed}"
     export = RUNS / folder / name / "checkpoints" / "diffusion-teacher" / "model.safetensors"
     if not export.is_file():
-        run({"name": name, "seed": seed, "data": data, "teacher": MLP, "trainer": {"max_epochs": epochs, "progress_bar": False},
+        run({"name": name, "seed": seed, "data": data, "teacher": model or MLP, "trainer": {"max_epochs": epochs, "progress_bar": False},
              "optimizer": {"name": "adam", "lr": 0.002}, "evaluation": {"num_samples": 2000, "teacher_steps": 64, "student_steps": [1]},
              "methods": {"diffusion-teacher": {"time_distribution": "uniform",
                                                **({"label_dropout": label_dropout} if label_dropout else {})}}}, folder)
