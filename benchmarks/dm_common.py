@@ -62,7 +62,11 @@ def summary_table(partial: Path, keys: list[str]) -> tuple[list[dict], dict[str,
 
 def cell(summary: dict, label: str, key: str, digits: int = 4) -> str:
     value = summary.get(label, {}).get(key)
-    return "—" if value is None else f"{value[0]:.{digits}f} ± {value[1]:.{digits}f}"
+    if value is None:
+        return "—"
+    if abs(value[0]) >= 1e4:  # a run-off generator: a number, not a line of digits
+        return f"{value[0]:.3g} ± {value[1]:.3g}"
+    return f"{value[0]:.{digits}f} ± {value[1]:.{digits}f}"
 
 
 def load_export(folder: str, run_name: str, label: str):

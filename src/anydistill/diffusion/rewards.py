@@ -34,8 +34,10 @@ class ModePreference(nn.Module):
         self.std = float(std)
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
-        logits = -torch.cdist(x.float(), self.modes).pow(2) / (2 * self.std**2)  # [B, K]
-        return (torch.logsumexp(logits.masked_fill(~self.mask, -torch.inf), -1) - torch.logsumexp(logits, -1)).exp()
+        # float64: a generator that ran off to 1e20 (reward hacking) still gets a number, not inf - inf
+        logits = -torch.cdist(x.double(), self.modes.double()).pow(2) / (2 * self.std**2)  # [B, K]
+        share = (torch.logsumexp(logits.masked_fill(~self.mask, -torch.inf), -1) - torch.logsumexp(logits, -1)).exp()
+        return share.to(x.dtype)
 
 
 def proxy_reward(x: Tensor, reward: nn.Module, *, hidden: int = 64, steps: int = 2000, seed: int = 0) -> nn.Module:
