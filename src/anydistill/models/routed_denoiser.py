@@ -83,4 +83,7 @@ def routed(one: Denoiser, students: int, by: str = "class", boundaries: list[flo
                          "(class-conditional data such as toy2d-conditional or digits).")
     with torch.no_grad():
         net = RoutedNet([copy.deepcopy(one.net) for _ in range(students)], one.null_class or 0, by, boundaries)
-    return Denoiser(net, one.schedule, one.prediction, one.preconditioning)
+    denoiser = Denoiser(net, one.schedule, one.prediction, one.preconditioning)
+    if hasattr(one, "schedule_options"):  # a schedule with parameters (a diffusers model's betas): read as ``one`` is
+        denoiser.schedule_options = one.schedule_options
+    return denoiser
