@@ -75,6 +75,7 @@ class Recipe:
     teacher_server: dict[str, Any] | None = None  # `teacher: {server: ...}`: ServedTeacher's settings (no teacher module here)
     teachers: dict[str, TeacherEntry] | None = None  # `teachers: {name: {...}}`, mixed by `mix`
     mix: Any = None  # core.recipe.MixSpec
+    unchecked: list[str] = field(default_factory=list)  # files not on this machine: the checks that needed them were skipped
 
 
 def shipped_recipes() -> dict[str, Path]:
@@ -321,6 +322,9 @@ def load_recipe(path_or_name: str | dict[str, Any], overrides: list[str] = (), *
         )
     if parsed is not None:
         _check_trainer(parsed.trainer, problems)
+    # Files not on this machine (DataNotFoundError: a GPU recipe validated on a laptop): the checks that
+    # need them (building the models, the methods' checks) are skipped and named; the run repeats them.
+    unchecked: list[str] = []
     if not problems and parsed is not None and data is not None:
         @functools.cache
         def set_up_data() -> Any:  # set up only for methods that check the data (or shapes read from files), once
@@ -332,11 +336,13 @@ def load_recipe(path_or_name: str | dict[str, Any], overrides: list[str] = (), *
         if shapes_known_after_setup(data) or data.kwargs.get("labelled_count") is not None:
             try:
                 files_data = set_up_data()
+            except DataNotFoundError as error:
+                unchecked.append(first_line(error))
             except RecipeError as error:
                 problems += error.problems
             except Exception as error:  # unreadable files: one line, whatever the reader raised
                 problems.append(f"data: {first_line(error)}")
-    if not problems and parsed is not None and data is not None:
+    if not problems and not unchecked and parsed is not None and data is not None:
         input_shape = data_shapes(data, files_data)["input_shape"]
         try:
             student_model, teacher_model = build_models(data, student, teacher, files_data)
@@ -348,6 +354,8 @@ def load_recipe(path_or_name: str | dict[str, Any], overrides: list[str] = (), *
                 if width is not None and num_classes and width != num_classes:
                     problems.append(f"{role}: the model gives {width} outputs per row, but the data has {num_classes} classes; "
                                     f"build it with num_classes={num_classes} (or give data with {width} classes).")
+        except DataNotFoundError as error:
+            unchecked.append(first_line(error))
         except Exception as error:  # any failure to build or run a model is a recipe problem, told in one line
             problems.append(f"models: building or running the models on a {input_shape} input failed: {first_line(error)}")
         else:
@@ -394,7 +402,7 @@ def load_recipe(path_or_name: str | dict[str, Any], overrides: list[str] = (), *
                            for label, c in methods.items()}
     return Recipe(
         source, parsed.name, parsed.seed, data, student, teacher, checkpoint, parsed.trainer, parsed.optimizer, parsed.cache,
-        evaluation, methods, resolved, served, entries or None, parsed.mix,
+        evaluation, methods, resolved, served, entries or None, parsed.mix, unchecked,
     )
 
 

@@ -37,11 +37,14 @@ class MissingPackageError(AnydistillError):
 
 
 class DataNotFoundError(AnydistillError, ValueError):
-    """A data source's files are not on this machine (nothing is downloaded at run time).
+    """A data source's files, or a model builder's folder, are not on this machine (nothing is
+    downloaded at run time).
 
-    Raised only by sources that declare their shapes (class attributes), so a recipe still
-    validates without the files: the checks of a method that reads the data (crd's
-    ``data_problems``) are left to the run, which repeats them in ``setup`` before training.
+    A recipe still validates without them: the checks that need them are left to the run, which
+    repeats them. A source that declares its shapes (class attributes) skips only the checks of the
+    methods that read the data (crd's ``data_problems``); a source whose shapes come from its files,
+    or a builder (``diffusers-pipeline``), skips building the models and the methods' checks, and
+    ``anydistill validate`` names what it could not check.
     """
 
 
