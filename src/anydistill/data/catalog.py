@@ -16,6 +16,7 @@ DATA = {
     "image-folder-generation": "anydistill.data.generation_files:ImageFolderGenerationData",
     "tensors-generation": "anydistill.data.generation_files:TensorGenerationData",
     "points": "anydistill.data.generation_files:PointsData",
+    "text-to-image-latents": "anydistill.data.text_to_image:TextToImageLatents",
     "shakespeare": "anydistill.data.shakespeare:ShakespeareData",
     "lm-dataset": "anydistill.data.lm_dataset:LMDataset",
     "shakespeare-paired": "anydistill.data.paired_text:PairedShakespeareData",

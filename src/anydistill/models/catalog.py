@@ -19,6 +19,7 @@ MODELS = {
     "conv-denoiser": "anydistill.models.flow_denoisers:conv_flow_denoiser",
     "diffusers-unet": "anydistill.models.flow_denoisers:diffusers_unet_denoiser",
     "diffusers-folder": "anydistill.models.diffusers_folder:diffusers_folder",
+    "diffusers-pipeline": "anydistill.models.diffusers_pipeline:diffusers_pipeline",
     "routed-denoiser": "anydistill.models.routed_denoiser:routed_denoiser",
     "gpt2-lm": "anydistill.models.causal_lm:gpt2_lm",
     "llama-lm": "anydistill.models.causal_lm:llama_lm",

@@ -68,13 +68,14 @@ def model_folder(path: str, subfolder: str | None) -> Path:
     return folder
 
 
-def read_json(file: Path) -> dict[str, Any]:
+def read_json(file: Path, where: str = "diffusers-folder") -> dict[str, Any]:
+    """The JSON object in ``file`` (one line naming the fix when it is not one; ``where`` names the builder)."""
     try:
         value = json.loads(file.read_text())
     except (OSError, json.JSONDecodeError) as error:
-        raise ValueError(f"diffusers-folder: {file} is not readable JSON ({type(error).__name__}); re-save it with save_pretrained.") from None
+        raise ValueError(f"{where}: {file} is not readable JSON ({type(error).__name__}); re-save it with save_pretrained.") from None
     if not isinstance(value, dict):
-        raise ValueError(f"diffusers-folder: {file} does not hold a JSON object; re-save it with save_pretrained.")
+        raise ValueError(f"{where}: {file} does not hold a JSON object; re-save it with save_pretrained.")
     return value
 
 
@@ -98,26 +99,27 @@ def model_class(folder: Path) -> type:
     if required:
         raise ValueError(f"diffusers-folder: {name} needs {', '.join(required)} besides the noisy sample and the timestep "
                          "(e.g. text embeddings); only models called as model(sample, timestep, class_labels=...) can be "
-                         "distilled here, such as UNet2DModel.")
+                         "distilled here, such as UNet2DModel; for a text-to-image pipeline folder use diffusers-pipeline.")
     return cls
 
 
-def scheduler_file(folder: Path, root: Path, subfolder: str | None) -> Path:
+def scheduler_file(folder: Path, root: Path, subfolder: str | None, where: str = "diffusers-folder") -> Path:
     """Where the model's scheduler config is: beside it, else the pipeline's ``scheduler/``."""
     candidates = [folder / "scheduler_config.json",
                   (root if subfolder else folder.parent) / "scheduler" / "scheduler_config.json"]
     for file in candidates:
         if file.is_file():
             return file
-    raise ValueError(f"diffusers-folder: no scheduler_config.json for '{folder}' (looked at {', '.join(str(c) for c in candidates)}). "
+    raise ValueError(f"{where}: no scheduler_config.json for '{folder}' (looked at {', '.join(str(c) for c in candidates)}). "
                      "Save the training scheduler there with scheduler.save_pretrained(folder): it says which noise schedule "
                      "and prediction the model was trained with.")
 
 
-def schedule_from_scheduler(config: dict[str, Any], file: Path) -> tuple[str, dict[str, Any], str, float]:
+def schedule_from_scheduler(config: dict[str, Any], file: Path, where: str = "diffusers-folder") -> tuple[str, dict[str, Any], str, float]:
     """``(schedule name, schedule options, prediction kind, time scale)`` for a scheduler config.
 
-    The time scale maps the schedule's ``t`` in ``[0, 1]`` to the network's timestep input.
+    The time scale maps the schedule's ``t`` in ``[0, 1]`` to the network's timestep input; ``where``
+    names the builder in messages (``diffusers-pipeline`` reads its pipeline's scheduler with it too).
 
     Raises:
         ValueError: a scheduler class or setting with no mapping, named in one line.
@@ -125,15 +127,15 @@ def schedule_from_scheduler(config: dict[str, Any], file: Path) -> tuple[str, di
     name = config.get("_class_name")
     steps = config.get("num_train_timesteps", 1000)
     if not (isinstance(steps, int) and steps >= 2):
-        raise ValueError(f"diffusers-folder: {file} has num_train_timesteps {steps!r}; it must be an int >= 2.")
+        raise ValueError(f"{where}: {file} has num_train_timesteps {steps!r}; it must be an int >= 2.")
     if name in FLOW_SCHEDULERS:
         if config.get("invert_sigmas"):
-            raise ValueError(f"diffusers-folder: {file}: {name} with invert_sigmas true has no mapping here; only "
+            raise ValueError(f"{where}: {file}: {name} with invert_sigmas true has no mapping here; only "
                              "data-at-0, noise-at-1 flow matching is read.")
         return "rectified-flow", {}, "velocity", float(steps)
     if name not in BETA_SCHEDULERS:
         known = ", ".join(sorted(BETA_SCHEDULERS | FLOW_SCHEDULERS))
-        raise ValueError(f"diffusers-folder: {file} names the scheduler {name!r}, which has no mapping to a noise schedule here; "
+        raise ValueError(f"{where}: {file} names the scheduler {name!r}, which has no mapping to a noise schedule here; "
                          f"known: {known}. Save the model's training scheduler (e.g. DDPMScheduler) instead.")
     problems = []
     beta_schedule = config.get("beta_schedule", "linear")
@@ -149,7 +151,7 @@ def schedule_from_scheduler(config: dict[str, Any], file: Path) -> tuple[str, di
     if config.get("timestep_type", "discrete") != "discrete":
         problems.append(f"timestep_type {config.get('timestep_type')!r}")
     if problems:
-        raise ValueError(f"diffusers-folder: {file}: {name} with {'; '.join(problems)} has no mapping to a noise schedule here.")
+        raise ValueError(f"{where}: {file}: {name} with {'; '.join(problems)} has no mapping to a noise schedule here.")
     options = {"num_train_timesteps": steps, "beta_start": float(config.get("beta_start", 0.0001)),
                "beta_end": float(config.get("beta_end", 0.02)), "beta_schedule": beta_schedule}
     return "ddpm", options, PREDICTIONS[prediction], float(steps - 1)
