@@ -202,14 +202,35 @@ def test_gpu_recipes_validate_without_their_files(name):
     assert recipe.unchecked and "on this machine" in recipe.unchecked[0]
 
 
-def test_two_dmd2_steps_of_the_gpu_recipe_on_cpu(files, tmp_path, capsys):
+def tiny_run_args(files, method: str, steps: int, extra: list[str]) -> list[str]:
+    """``--set`` arguments pointing a gpu recipe at the tiny pipeline, on the CPU, for ``steps`` optimizer steps."""
     images, pipeline = str(files["images"]), str(files["pipeline"])
     overrides = [f"data.train={images}", f"data.pipeline={pipeline}", f"data.size={SIZE}", "data.batch_size=4",
-                 "data.encode_device=cpu", "data.val_fraction=0.25", "data.test_fraction=0.25", f"teacher.path={pipeline}", f"teacher.prompts={images}", f"student.path={pipeline}",
-                 f"student.prompts={images}", "trainer.accelerator=cpu", "trainer.precision=32-true", "trainer.max_steps=2",
-                 "trainer.progress_bar=false", "evaluation.num_samples=10", "evaluation.teacher_steps=2", "evaluation.straightness_steps=2",
-                 "evaluation.classifier_epochs=1", "evaluation.mmd_points=10", "methods.dmd2.update_ratio=1", "methods.dmd2.head_hidden=8"]
-    args = [arg for override in overrides for arg in ("--set", override)]
+                 "data.encode_device=cpu", "data.val_fraction=0.25", "data.test_fraction=0.25", f"teacher.path={pipeline}",
+                 f"teacher.prompts={images}", f"student.path={pipeline}", f"student.prompts={images}", "trainer.accelerator=cpu",
+                 "trainer.precision=32-true", f"trainer.max_steps={steps}", "trainer.progress_bar=false", "evaluation.num_samples=10",
+                 "evaluation.teacher_steps=2", "evaluation.straightness_steps=2", "evaluation.classifier_epochs=1",
+                 "evaluation.mmd_points=10", f"methods.{method}.update_ratio=1", *extra]
+    return [arg for override in overrides for arg in ("--set", override)]
+
+
+@pytest.mark.parametrize(("method", "steps", "extra"), [
+    ("decoupled-dmd", 2, []),
+    ("disback", 6, ["methods.disback.path_checkpoints=2", "methods.disback.path_interval=1", "methods.disback.switch_every=1"]),
+    ("multi-student", 2, ["methods.multi-student.head_hidden=8"]),
+    ("phased-dmd", 4, ["methods.phased-dmd.phase_iterations=1"]),  # both phases
+    ("flash-dmd", 2, ["methods.flash-dmd.head_hidden=8"]),
+])
+def test_the_other_gpu_recipes_train_on_the_tiny_pipeline(files, tmp_path, capsys, method, steps, extra):
+    assert main(["run", f"gpu/{method}", "--runs", str(tmp_path / "runs"), *tiny_run_args(files, method, steps, extra)]) == 0, \
+        capsys.readouterr().err
+    run = next((tmp_path / "runs").glob("*"))
+    assert method in json.loads((run / "metrics.json").read_text())
+
+
+def test_two_dmd2_steps_of_the_gpu_recipe_on_cpu(files, tmp_path, capsys):
+    pipeline = str(files["pipeline"])
+    args = tiny_run_args(files, "dmd2", 2, ["methods.dmd2.head_hidden=8"])
     assert main(["validate", "gpu/dmd2", *args]) == 0  # with the files present: models built and checked
     assert main(["run", "gpu/dmd2", "--runs", str(tmp_path / "runs"), *args]) == 0, capsys.readouterr().err
     run = next((tmp_path / "runs").glob("*"))

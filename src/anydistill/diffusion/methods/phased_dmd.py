@@ -56,9 +56,9 @@ class PhasedDMD(DMD2):
                  **dmd2_options):
         if num_steps % phases:
             raise ValueError(f"phased-dmd: num_steps ({num_steps}) must be a multiple of phases ({phases}), each phase a run of steps.")
-        if getattr(student, "preconditioning", "none") != "none" or hasattr(getattr(student, "net", None), "unet"):
-            raise ValueError("phased-dmd routes each step to its expert by the network's time input: use a zoo denoiser "
-                             "(mlp-denoiser, conv-denoiser) without preconditioning.")
+        if getattr(student, "preconditioning", "none") != "none":  # EDM preconditioning feeds the net c_noise(t), not t
+            raise ValueError("phased-dmd routes each step to its expert by the network's time input: build the model "
+                             "without preconditioning.")
         times = step_times(schedule_of(student), num_steps)
         boundaries = [times[p * num_steps // phases] for p in range(phases)]
         super().__init__(routed(student, phases, "time", boundaries), teacher, optimizer, num_steps=num_steps,
