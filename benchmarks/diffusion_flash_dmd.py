@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import torch
 
@@ -28,6 +29,7 @@ from dm_common import MLP, RUNS, cell, load_export, network_teacher, run, summar
 
 FOLDER = "diffusion_flash_dmd"
 PARTIAL = RESULTS / "diffusion_flash_dmd.partial"
+TAG = ""  # --tag: a variant's run names and results files (e.g. _w1 for reward weight 1)
 DATA = {"name": "toy2d", "distribution": "eight_gaussians", "batch_size": 512, "num_test": 5000}
 BATCHES = 40
 GAN = {"gan_scale": "per-dimension", "gan_weight_generator": 36.9, "gan_weight_discriminator": 122.9}
@@ -63,13 +65,13 @@ def one_seed(seed: int, iterations: int, tune_iterations: int, reward_weight: fl
     started = time.time()
     teacher = str(network_teacher(FOLDER, DATA, seed))
     common = {"num_steps": 4, **GAN}
-    joint = recipe(f"joint-seed{seed}", seed, teacher, iterations // BATCHES, lr, {
+    joint = recipe(f"joint-seed{seed}{TAG}", seed, teacher, iterations // BATCHES, lr, {
         "untuned": {"name": "dmd2", **common},
         "flash": {"name": "flash-dmd", "adversarial_steps": 1, **common},
         "flash+reward": {"name": "flash-dmd", "adversarial_steps": 1, **common, **REWARD, "reward_weight": reward_weight}})
     rows = run(joint, FOLDER)
     untuned = RUNS / FOLDER / joint["name"] / "checkpoints" / "untuned" / "model.safetensors"
-    alone = recipe(f"reward-only-seed{seed}", seed, teacher, tune_iterations // BATCHES, lr, {
+    alone = recipe(f"reward-only-seed{seed}{TAG}", seed, teacher, tune_iterations // BATCHES, lr, {
         "reward-only": {"name": "flash-dmd", "adversarial_steps": 0, "distill": False, "init_from": str(untuned), **common, **REWARD,
                         "reward_weight": reward_weight}})
     rows.update({k: v for k, v in run(alone, FOLDER).items() if k != "teacher"})
@@ -78,8 +80,8 @@ def one_seed(seed: int, iterations: int, tune_iterations: int, reward_weight: fl
     for label, values in measured.items():
         rows[label].update(values)
     curves = {label: json.loads((RUNS / FOLDER / joint["name"] / "logs" / label / "curve.json").read_text()) for label in ("untuned", "flash")}
-    PARTIAL.mkdir(parents=True, exist_ok=True)
-    (PARTIAL / f"seed{seed}.json").write_text(json.dumps({"seed": seed, "iterations": iterations, "tune_iterations": tune_iterations,
+    partial().mkdir(parents=True, exist_ok=True)
+    (partial() / f"seed{seed}.json").write_text(json.dumps({"seed": seed, "iterations": iterations, "tune_iterations": tune_iterations,
                                                           "reward_weight": reward_weight, "lr": lr, "rows": rows, "curves": curves,
                                                           "seconds": round(time.time() - started)}, indent=2))
 
@@ -89,15 +91,15 @@ def supplement(seed: int, reward_weight: float, lr: float) -> None:
     `flash-dmd` with no adversarial step and DMD2's TTUR 5, i.e. DMD2 tuned jointly), and scores every
     arm's true preference again (in float64, so a run-off generator gets a number)."""
     torch.set_num_threads(1)
-    path = PARTIAL / f"seed{seed}.json"
+    path = partial() / f"seed{seed}.json"
     record = json.loads(path.read_text())
     teacher = str(network_teacher(FOLDER, DATA, seed))
-    extra = recipe(f"dm-reward-seed{seed}", seed, teacher, record["iterations"] // BATCHES, lr, {
+    extra = recipe(f"dm-reward-seed{seed}{TAG}", seed, teacher, record["iterations"] // BATCHES, lr, {
         "dmd2+reward": {"name": "flash-dmd", "num_steps": 4, "adversarial_steps": 0, "update_ratio": 5, **GAN, **REWARD,
                         "reward_weight": reward_weight}})
     record["rows"].update({k: v for k, v in run(extra, FOLDER).items() if k != "teacher"})
-    runs = {"untuned": f"joint-seed{seed}", "flash": f"joint-seed{seed}", "flash+reward": f"joint-seed{seed}",
-            "reward-only": f"reward-only-seed{seed}", "dmd2+reward": extra["name"]}
+    runs = {"untuned": f"joint-seed{seed}{TAG}", "flash": f"joint-seed{seed}{TAG}", "flash+reward": f"joint-seed{seed}{TAG}",
+            "reward-only": f"reward-only-seed{seed}{TAG}", "dmd2+reward": extra["name"]}
     for label, name in runs.items():
         record["rows"][label].update(preference(name, label, seed))
     path.write_text(json.dumps(record, indent=2))
@@ -107,8 +109,12 @@ def reach(curve: list[dict], level: float) -> int | None:
     return next((p["iteration"] for p in curve if p.get("model") == "student" and p["value"] <= level), None)
 
 
+def partial() -> Path:
+    return PARTIAL.with_name(f"diffusion_flash_dmd{TAG}.partial")
+
+
 def summarise() -> None:
-    seeds, s = summary_table(PARTIAL, ["swd", "true_preference", "high_quality", "coverage"])
+    seeds, s = summary_table(partial(), ["swd", "true_preference", "high_quality", "coverage"])
     x = seeds[0]
     lines = ["# Flash-DMD's joint reward tuning on the 8-Gaussian ring (4 steps)", "",
              f"Seeds {[y['seed'] for y in seeds]}; {x['iterations']} iterations from the teacher (batch 512, Adam {x['lr']}, GAN per "
@@ -133,9 +139,9 @@ def summarise() -> None:
               f"{m('dmd2+reward', 'true_preference'):.3f}, high quality {m('dmd2+reward', 'high_quality'):.3f}: "
               f"{verdict(m('dmd2+reward', 'true_preference') > m('untuned', 'true_preference') and m('dmd2+reward', 'high_quality') >= 0.9 * m('untuned', 'high_quality'))}"
               " by the same criterion.",
-              f"- Iterations until flash-dmd's validation swd reaches dmd2's final value, per seed: "
+              "- Iterations until flash-dmd's validation swd reaches dmd2's final value, per seed: "
               + ", ".join("—" if r is None else str(r) for r in reached) + f" (of {x['iterations']})."]
-    write_results("diffusion_flash_dmd", {"seeds": [y["seed"] for y in seeds], "summary": s, "iterations_to_dmd2_final": reached,
+    write_results(f"diffusion_flash_dmd{TAG}", {"seeds": [y["seed"] for y in seeds], "summary": s, "iterations_to_dmd2_final": reached,
                                           "seconds_per_seed": [y["seconds"] for y in seeds]}, "\n".join(lines) + "\n")
     print("\n".join(lines))
 
@@ -149,7 +155,10 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--summarise", action="store_true")
     parser.add_argument("--supplement", action="store_true", help="add the dmd2+reward arm to a finished seed and rescore")
+    parser.add_argument("--tag", default="", help="suffix of a variant's run names and results files")
     args = parser.parse_args()
+    global TAG
+    TAG = args.tag
     if args.summarise:
         summarise()
     elif args.supplement:
