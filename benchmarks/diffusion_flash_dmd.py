@@ -106,7 +106,9 @@ def supplement(seed: int, reward_weight: float, lr: float) -> None:
 
 
 def reach(curve: list[dict], level: float) -> int | None:
-    return next((p["iteration"] for p in curve if p.get("model") == "student" and p["value"] <= level), None)
+    """The first iteration after the start whose validation value is <= ``level`` (the starting point is
+    the teacher's own few-step sampler, which can already be below it)."""
+    return next((p["iteration"] for p in curve if p.get("model") == "student" and p["iteration"] > 0 and p["value"] <= level), None)
 
 
 def partial() -> Path:
