@@ -295,9 +295,13 @@ def load_recipe(path_or_name: str | dict[str, Any], overrides: list[str] = (), *
     family = families[0] if len(families) == 1 else None
     evaluation = None
     section = raw.get("evaluation")
-    if family is not None and isinstance(section, dict | None):  # another type: parse_recipe_file reported it
+    # A method may name its own evaluator (graph sets are not scored like images); one per recipe.
+    scorers = sorted({c.target.evaluator or family for c in methods.values()}) if family is not None else []
+    if len(scorers) > 1:
+        problems.append(f"methods: these methods need different evaluators ({', '.join(scorers)}); split the recipe.")
+    if len(scorers) == 1 and isinstance(section, dict | None):  # another type: parse_recipe_file reported it
         try:
-            evaluator = EVALUATORS.get(family)
+            evaluator = EVALUATORS.get(scorers[0])
         except LookupError:
             problems.append(f"methods: no evaluator is registered for the '{family}' family; register one in anydistill.registries.EVALUATORS.")
         else:

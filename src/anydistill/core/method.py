@@ -40,6 +40,8 @@ class DistillationMethod(L.LightningModule):
             (``teacher: {server: ...}``, `anydistill.lm.served.ServedTeacher`), which has no module here.
         several_teachers: the method can learn from several teachers mixed into one signal
             (``teachers:`` with ``mix:``, `anydistill.lm.teacher_mixture.TeacherMixture`).
+        evaluator: the evaluator (a registered name or an import path) that scores what the method
+            trains when its family's cannot (Mirage's graph sets); empty: the family's.
     """
 
     family: ClassVar[str] = ""
@@ -52,6 +54,7 @@ class DistillationMethod(L.LightningModule):
     unlabelled: ClassVar[bool] = False
     served_teacher: ClassVar[bool] = False
     several_teachers: ClassVar[bool] = False
+    evaluator: ClassVar[str] = ""
 
     def __init__(self, student: nn.Module, teacher: Teacher | nn.Module | None = None, optimizer: OptimizerSpec | None = None):
         super().__init__()
