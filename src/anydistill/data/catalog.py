@@ -10,6 +10,8 @@ DATA = {
     "mnist": "anydistill.data.mnist:MNISTData",
     "mnist1d": "anydistill.data.mnist1d:MNIST1DData",
     "cifar100": "anydistill.data.cifar100:CIFAR100Data",
+    "motif-graphs": "anydistill.data.motif_graphs:MotifGraphsData",
+    "nci-alerts": "anydistill.data.nci_alerts:NCIAlertsData",
     "toy2d": "anydistill.data.toy2d:Toy2DData",
     "toy2d-conditional": "anydistill.data.toy2d:Toy2DConditionalData",
     "digits-generation": "anydistill.data.digits_generation:DigitsGenerationData",
