@@ -18,6 +18,8 @@ FAST = {
     "dataset": ["student.ipc=1", "methods.mtt.num_experts=1", "methods.mtt.expert_train_epochs=3", "methods.mtt.max_start_epoch=1",
                 "methods.mtt.expert_epochs=2"],
     "lm": ["data.train_limit=8", "data.batch_size=4", "data.eval_limit=4"],
+    # Mirage mines graphs (no training): a small motif set.
+    "mirage": ["data.num_graphs=100", "methods.mirage.support=25", "methods.mirage.support_step=5"],
 }
 FAST_DEFAULT = ["data.train_limit=64", "data.batch_size=32"]
 # Methods whose first iterations leave the student alone (DisBack records its path first): a short
@@ -25,7 +27,7 @@ FAST_DEFAULT = ["data.train_limit=64", "data.batch_size=32"]
 SHORT = {"disback": {"path_checkpoints": 1, "path_interval": 1}}
 STEPS = {"disback": 2}
 # Shipped recipe folders searched for a method's recipe: the fast ones of each family.
-FAST_RECIPES = ("digits/", "shakespeare/")
+FAST_RECIPES = ("digits/", "shakespeare/", "graphs/motif-graphs")
 
 
 def recipe_using(method_name: str):
@@ -36,7 +38,7 @@ def recipe_using(method_name: str):
             continue
         if method_name not in (load_yaml_methods(name)):
             continue
-        recipe = load_recipe(name, FAST.get(family, FAST_DEFAULT))
+        recipe = load_recipe(name, FAST.get(method_name, FAST.get(family, FAST_DEFAULT)))
         for component in recipe.methods.values():
             if component.name == method_name:
                 return recipe, component

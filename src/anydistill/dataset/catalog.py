@@ -6,5 +6,6 @@ METHODS = {
     "dsa": "anydistill.dataset.methods.dc:DSA",
     "dm": "anydistill.dataset.methods.dm:DM",
     "mtt": "anydistill.dataset.methods.mtt:MTT",
+    "mirage": "anydistill.dataset.methods.mirage:Mirage",
 }
 EVALUATOR = "anydistill.dataset.evaluate:SynsetEvaluator"

@@ -5,6 +5,7 @@ typed keyword arguments, and returns an ``nn.Module``."""
 MODELS = {
     "mlp": "anydistill.models.classifiers:mlp",
     "synthetic-set": "anydistill.dataset.synset:synthetic_set",
+    "graph-set": "anydistill.dataset.graph.graphset:graph_set",
     "small-cnn": "anydistill.models.classifiers:small_cnn",
     "mixer": "anydistill.models.mixer:mixer",
     "vit": "anydistill.models.vit:vit",

@@ -1,0 +1,1 @@
+"""Graph distillation (Mirage): computation trees, FP-growth, distilled graph sets and their GNN evaluator."""
