@@ -10,6 +10,7 @@ import torch
 from anydistill.data.graphs import collate, stratified_split
 from anydistill.data.motif_graphs import MotifGraphsData
 from anydistill.data.nci_alerts import NCIAlertsData
+from anydistill.data.wehi_pains import WEHIPainsData
 
 
 def test_split_is_stratified_seeded_and_disjoint() -> None:
@@ -58,7 +59,23 @@ def test_nci_alerts_reads_the_rdkit_wheel() -> None:
     assert round(sum(g.label for g in data.split("val")) / len(data.split("val")), 2) == 0.23
 
 
-def test_graph_sources_download_nothing(monkeypatch) -> None:
+def test_wehi_pains_labels_are_computed_once_and_cached(tmp_path, monkeypatch) -> None:
+    pytest.importorskip("rdkit")
+    first = WEHIPainsData(limit=300, cache_dir=str(tmp_path))
+    labels = [g.label for g in first.split("train")]
+    (cache,) = tmp_path.glob("wehi-pains-*.json")
+    assert 0 < sum(labels) < len(labels) and first.num_node_labels == 14
+
+    import rdkit.Chem.FilterCatalog as filters
+
+    monkeypatch.setattr(filters, "FilterCatalog", None)  # a second load must not match again
+    assert [g.label for g in WEHIPainsData(limit=300, cache_dir=str(tmp_path)).split("train")] == labels
+    cache.write_text('{"labels": [1, 0]}')  # stale: another length
+    monkeypatch.undo()
+    assert [g.label for g in WEHIPainsData(limit=300, cache_dir=str(tmp_path)).split("train")] == labels
+
+
+def test_graph_sources_download_nothing(monkeypatch, tmp_path) -> None:
     def refuse(*args, **kwargs):
         raise AssertionError("a graph source tried to open a network connection")
 
@@ -68,3 +85,4 @@ def test_graph_sources_download_nothing(monkeypatch) -> None:
     assert len(MotifGraphsData(num_graphs=20, seed=5).split("train")) == 16
     if NCIAlertsData.missing_package() is None:
         assert len(NCIAlertsData(split_seed=2).split("test")) > 400
+        assert len(WEHIPainsData(limit=50, cache_dir=str(tmp_path)).split("val")) == 5

@@ -12,6 +12,7 @@ DATA = {
     "cifar100": "anydistill.data.cifar100:CIFAR100Data",
     "motif-graphs": "anydistill.data.motif_graphs:MotifGraphsData",
     "nci-alerts": "anydistill.data.nci_alerts:NCIAlertsData",
+    "wehi-pains": "anydistill.data.wehi_pains:WEHIPainsData",
     "toy2d": "anydistill.data.toy2d:Toy2DData",
     "toy2d-conditional": "anydistill.data.toy2d:Toy2DConditionalData",
     "digits-generation": "anydistill.data.digits_generation:DigitsGenerationData",
