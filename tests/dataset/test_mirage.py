@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 
-import networkx as nx
 import pytest
 import torch
 
 from anydistill.cli import main
 from anydistill.data.graphs import Graph, collate, undirected
-from anydistill.data.motif_graphs import ANCHOR, MotifGraphsData, motif_graph
+from anydistill.data.motif_graphs import MotifGraphsData, planted
 from anydistill.dataset.graph.gnn import KINDS, GraphClassifier
 from anydistill.dataset.graph.graphset import GraphSet
 from anydistill.dataset.graph.mining import mine
@@ -21,13 +20,8 @@ HOPS = 2
 
 
 def planted_tree_labels(name: str) -> set[int]:
-    """Labels of the motif nodes whose depth-L tree stays inside the motif (at distance >= L from the
-    anchor, so neither the base graph nor the anchor's extra edge enters it)."""
-    motif = motif_graph(name)
-    edges = list(motif.edges())
-    index, kinds = undirected(edges, [0] * len(edges))
-    alone = Graph(torch.zeros(motif.number_of_nodes(), dtype=torch.long), index, kinds, 0)
-    far = [v for v, d in nx.single_source_shortest_path_length(motif, ANCHOR).items() if d >= HOPS]
+    """Labels of the motif's trees that every graph of its class holds."""
+    alone, far = planted(name, HOPS)
     labels = tree_labels(alone, HOPS)[HOPS]
     return {labels[v] for v in far}
 

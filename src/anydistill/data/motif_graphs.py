@@ -42,6 +42,20 @@ def motif_graph(name: str) -> nx.Graph:
     return graph
 
 
+def planted(name: str, hops: int) -> tuple[Graph, list[int]]:
+    """The ground truth for a miner: motif ``name`` alone as a `Graph`, and its nodes whose
+    ``hops``-deep computation tree is the same in every generated graph (without noise edges).
+
+    Those are the nodes at distance >= ``hops`` from the `ANCHOR`: neither the base graph nor the
+    anchor's extra edge enters their trees.
+    """
+    motif = motif_graph(name)
+    edges = list(motif.edges())
+    index, edge_labels = undirected(edges, [0] * len(edges))
+    alone = Graph(torch.full((motif.number_of_nodes(),), MOTIF_LABEL), index, edge_labels, 0)
+    return alone, sorted(v for v, d in nx.single_source_shortest_path_length(motif, ANCHOR).items() if d >= hops)
+
+
 class MotifGraphsData(GraphData):
     """BA base graphs with a planted motif per class (networkx; generated, never downloaded).
 
