@@ -9,7 +9,7 @@ import torch
 
 from anydistill.data.graphs import collate, stratified_split
 from anydistill.data.motif_graphs import MotifGraphsData
-from anydistill.data.nci_alerts import NCIAlertsData
+from anydistill.data.nci_alerts import NCIAlertsData, _alert_graphs
 from anydistill.data.wehi_pains import WEHIPainsData
 
 
@@ -84,5 +84,6 @@ def test_graph_sources_download_nothing(monkeypatch, tmp_path) -> None:
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
     assert len(MotifGraphsData(num_graphs=20, seed=5).split("train")) == 16
     if NCIAlertsData.missing_package() is None:
+        _alert_graphs.cache_clear()  # read the file again, with the network blocked
         assert len(NCIAlertsData(split_seed=2).split("test")) > 400
         assert len(WEHIPainsData(limit=50, cache_dir=str(tmp_path)).split("val")) == 5

@@ -125,3 +125,12 @@ def test_tiny_recipe_runs_end_to_end(tmp_path, capsys) -> None:
     assert abs(metrics["random-nodes@mirage"]["nodes"] - row["nodes"]) < 40  # node-matched (within one graph per class)
     manifest = json.loads((run / "checkpoints" / "mirage" / "manifest.json").read_text())
     assert manifest["graphs"] >= row["graphs"] and (run / "checkpoints" / "mirage" / "graphset.safetensors").is_file()
+
+
+def test_tiny_nci_alerts_recipe_runs_end_to_end(tmp_path) -> None:
+    pytest.importorskip("rdkit")
+    tiny = ["--set", "evaluation.epochs=1", "--set", "evaluation.seeds=1", "--set", "evaluation.hidden=8",
+            "--set", "evaluation.models=[gin]", "--set", "trainer.progress_bar=false"]
+    assert main(["run", "graphs/nci-alerts", "--runs", str(tmp_path / "runs"), *tiny]) == 0
+    row = json.loads((tmp_path / "runs" / "nci-alerts-mirage" / "metrics.json").read_text())["mirage"]
+    assert row["graphs"] > 0 and row["support"] in ([615, 274], [595, 254]) and row["compression"] < 0.05

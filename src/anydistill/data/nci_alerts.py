@@ -7,6 +7,8 @@ rule, not an assay: ROC-AUC here is not comparable with NCI1 or ogbg figures.
 
 from __future__ import annotations
 
+import functools
+
 from anydistill.data.graphs import Graph, GraphData
 from anydistill.data.molecules import (
     BOND_TYPES,
@@ -46,13 +48,19 @@ class NCIAlertsData(GraphData):
         return rdkit_missing("The nci-alerts data")
 
     def load_graphs(self) -> list[Graph]:
-        from rdkit import Chem
+        return list(_alert_graphs())
 
-        quiet_rdkit()
-        alerts = [Chem.MolFromSmarts(smarts) for smarts in ALERTS.values()]
-        graphs = []
-        for line in rdkit_data_file("NCI", "first_5K.smi").read_text().splitlines():
-            mol = Chem.MolFromSmiles(line.split()[0]) if line.strip() else None
-            if mol is not None:
-                graphs.append(molecule_graph(mol, int(any(mol.HasSubstructMatch(a) for a in alerts))))
-        return graphs
+
+@functools.lru_cache(maxsize=1)
+def _alert_graphs() -> tuple[Graph, ...]:
+    """The parsed molecules, once per process (a run sets its data up more than once)."""
+    from rdkit import Chem
+
+    quiet_rdkit()
+    alerts = [Chem.MolFromSmarts(smarts) for smarts in ALERTS.values()]
+    graphs = []
+    for line in rdkit_data_file("NCI", "first_5K.smi").read_text().splitlines():
+        mol = Chem.MolFromSmiles(line.split()[0]) if line.strip() else None
+        if mol is not None:
+            graphs.append(molecule_graph(mol, int(any(mol.HasSubstructMatch(a) for a in alerts))))
+    return tuple(graphs)
