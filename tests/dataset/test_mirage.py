@@ -114,6 +114,14 @@ def test_bad_inputs_exit_2_with_one_error_line_and_write_nothing(override: str, 
     assert not (tmp_path / "runs").exists()
 
 
+def test_itemsets_beyond_the_cap_stop_the_run_in_one_line(tmp_path, capsys) -> None:
+    capped = ["--set", "methods.mirage.support=3", "--set", "methods.mirage.support_step=1", "--set", "methods.mirage.max_itemsets=50",
+              "--set", "evaluation.baselines=[]"]
+    assert run_cli(tmp_path, *TINY, *capped) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "more than 50 frequent itemsets at support 3" in lines[0] and "raise support" in lines[0], lines
+
+
 def test_tiny_recipe_runs_end_to_end(tmp_path, capsys) -> None:
     assert run_cli(tmp_path, *TINY) == 0
     run = tmp_path / "runs" / "motif-graphs-mirage"

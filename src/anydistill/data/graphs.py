@@ -166,14 +166,10 @@ class GraphData(L.LightningDataModule):
         """Every graph of the source, in a fixed order."""
         raise NotImplementedError
 
-    def split_labels(self, graphs: list[Graph]) -> list[int]:
-        """The classes the split is stratified by (a label-noise option keeps the clean ones here)."""
-        return [g.label for g in graphs]
-
     def setup(self, stage: str | None = None) -> None:
         if not self.splits:
             graphs = self.load_graphs()
-            rows = stratified_split(self.split_labels(graphs), self.split_seed)
+            rows = stratified_split([g.label for g in graphs], self.split_seed)
             self.splits = {name: [graphs[i] for i in rows[name]] for name in SPLITS}
 
     def split(self, name: str) -> list[Graph]:

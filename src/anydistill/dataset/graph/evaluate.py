@@ -22,6 +22,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from anydistill.core.errors import TrainingError
 from anydistill.core.evaluator import Evaluator
 from anydistill.core.teacher import Teacher
 from anydistill.data.graphs import Graph, graph_bytes
@@ -144,7 +145,7 @@ class GraphEvaluator(Evaluator):
             if val > best_val:  # the first of equals: the higher threshold, the smaller set
                 best, best_val = (k, graphs, trained), val
         if best is None:
-            raise ValueError(f"{method} distilled no graph at any support ({[t['support'] for t in tried]}): lower the support.")
+            raise TrainingError(f"{method} distilled no graph at any support ({[t['support'] for t in tried]}): lower the support.")
         k, graphs, trained = best
         row = {**self._row(trained, graphs), "support": graphset.supports[k].tolist(), "supports_tried": tried}
         counts = [sum(g.label == c for g in graphs) for c in range(self.shape["num_classes"])]
