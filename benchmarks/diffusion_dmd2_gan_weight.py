@@ -28,7 +28,7 @@ FOLDER = "diffusion_dmd2_gan_weight"
 PARTIAL = RESULTS / "diffusion_dmd2_gan_weight.partial"
 DATA = {"name": "toy2d", "distribution": "eight_gaussians", "batch_size": 512, "num_test": 10000}
 BATCHES = 40
-SCALES = {"x0": 0.0, "x1/9": 1 / 9, "x1/3": 1 / 3, "x1": 1.0, "x3": 3.0, "x9": 9.0}
+SCALES = {"x0": 0.0, "x1_9": 1 / 9, "x1_3": 1 / 3, "x1": 1.0, "x3": 3.0, "x9": 9.0}  # labels name files: x1_9 is 1/9
 
 
 def one_seed(seed: int, iterations: int, lr: float) -> None:
