@@ -64,7 +64,7 @@ def cell(summary: dict, label: str, key: str, digits: int = 4) -> str:
     value = summary.get(label, {}).get(key)
     if value is None:
         return "—"
-    if abs(value[0]) >= 1e4:  # a run-off generator: a number, not a line of digits
+    if digits and abs(value[0]) >= 1e6:  # a run-off generator: a number, not a line of digits
         return f"{value[0]:.3g} ± {value[1]:.3g}"
     return f"{value[0]:.{digits}f} ± {value[1]:.{digits}f}"
 
