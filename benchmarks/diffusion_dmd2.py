@@ -17,6 +17,10 @@ GAN terms use ``gan_scale: per-dimension`` at the official ImageNet-64 balance (
 36.9 per dimension for the generator, 1e-2 x 12,288 = 122.9 for the discriminator; transferred,
 not tuned); fake score DMD2's defaults here (uniform t, unweighted).
 
+``--from-sweep`` re-measures every claim at the GAN weight chosen on validation by
+benchmarks/diffusion_dmd2_gan_weight.py (results ``*_chosen``): that weight for every arm, and for the
+flawed-teacher ``gan`` arm, which needs a GAN, the best non-zero weight of the sweep.
+
 Run (single-threaded; ``--iterations`` of batch 512):
     OMP_NUM_THREADS=1 python benchmarks/diffusion_dmd2.py --seed 0   # then 1, 2
     python benchmarks/diffusion_dmd2.py --summarise
@@ -40,6 +44,22 @@ DATA = {"name": "toy2d", "distribution": "eight_gaussians", "batch_size": 512, "
 BATCHES = 40
 GAN = {"gan_scale": "per-dimension", "gan_weight_generator": 36.9, "gan_weight_discriminator": 122.9}
 NO_GAN = {"gan_weight_generator": 0.0, "gan_weight_discriminator": 0.0}
+
+
+def gan(multiplier: float) -> dict:
+    """The GAN options at ``multiplier`` x the ImageNet-64 balance per dimension (0: no GAN)."""
+    if multiplier == 0:
+        return NO_GAN
+    return {"gan_scale": "per-dimension", "gan_weight_generator": 36.9 * multiplier, "gan_weight_discriminator": 122.9 * multiplier}
+
+
+def from_sweep() -> tuple[float, float]:
+    """``(chosen multiplier, best non-zero multiplier)`` by mean validation swd in the sweep's results."""
+    from diffusion_dmd2_gan_weight import SCALES
+
+    summary = json.loads((RESULTS / "diffusion_dmd2_gan_weight.json").read_text())["summary"]
+    ranked = sorted(SCALES, key=lambda label: summary[label]["val_swd"][0])
+    return SCALES[ranked[0]], SCALES[next(label for label in ranked if SCALES[label] > 0)]
 
 
 def recipe(name: str, seed: int, teacher: dict, epochs: int, lr: float, methods: dict) -> dict:
@@ -81,30 +101,33 @@ def input_gaps(run_name: str, label: str, seed: int) -> list[float]:
     return gaps
 
 
-def one_seed(seed: int, iterations: int, lr: float) -> None:
+def one_seed(seed: int, iterations: int, lr: float, multiplier: float = 1.0, flawed_multiplier: float = 1.0, tag: str = "") -> None:
     torch.set_num_threads(1)
     started = time.time()
     epochs = iterations // BATCHES
     good = network_teacher(FOLDER, DATA, seed)
     flawed = network_teacher(FOLDER, DATA, seed, epochs=10)
     rows, gaps = {}, {}
-    network = recipe(f"network-seed{seed}", seed, {**MLP, "checkpoint": str(good)}, epochs, lr, {
-        "ttur5": {"name": "dmd2", "update_ratio": 5, **GAN},
-        "ttur1": {"name": "dmd2", "update_ratio": 1, **GAN, "max_epochs": max(1, epochs // 5)},
-        "bs@4": {"name": "dmd2", "update_ratio": 5, "num_steps": 4, "student_inputs": "backward-simulation", **GAN},
-        "nd@4": {"name": "dmd2", "update_ratio": 5, "num_steps": 4, "student_inputs": "noised-data", **GAN}})
+    arm_gan = gan(multiplier)
+    network = recipe(f"network-seed{seed}{tag}", seed, {**MLP, "checkpoint": str(good)}, epochs, lr, {
+        "ttur5": {"name": "dmd2", "update_ratio": 5, **arm_gan},
+        "ttur1": {"name": "dmd2", "update_ratio": 1, **arm_gan, "max_epochs": max(1, epochs // 5)},
+        "bs@4": {"name": "dmd2", "update_ratio": 5, "num_steps": 4, "student_inputs": "backward-simulation", **arm_gan},
+        "nd@4": {"name": "dmd2", "update_ratio": 5, "num_steps": 4, "student_inputs": "noised-data", **arm_gan}})
     rows.update({f"network/{k}": v for k, v in run(network, FOLDER).items()})
     gaps = {label: input_gaps(network["name"], label, seed) for label in ("bs@4", "nd@4")}
-    exact = recipe(f"exact-seed{seed}", seed, {"name": "analytic-mixture", "distribution": "eight_gaussians", "schedule": "rectified-flow"},
-                   epochs, lr, {"analytic": {"name": "dmd2", "update_ratio": 5, "init_from": str(good), **GAN}})
+    exact = recipe(f"exact-seed{seed}{tag}", seed, {"name": "analytic-mixture", "distribution": "eight_gaussians", "schedule": "rectified-flow"},
+                   epochs, lr, {"analytic": {"name": "dmd2", "update_ratio": 5, "init_from": str(good), **arm_gan}})
     rows.update({f"exact/{k}": v for k, v in run(exact, FOLDER).items()})
-    under = recipe(f"flawed-seed{seed}", seed, {**MLP, "checkpoint": str(flawed)}, epochs, lr, {
-        "gan": {"name": "dmd2", "update_ratio": 5, **GAN}, "no-gan": {"name": "dmd2", "update_ratio": 5, **NO_GAN}})
+    under = recipe(f"flawed-seed{seed}{tag}", seed, {**MLP, "checkpoint": str(flawed)}, epochs, lr, {
+        "gan": {"name": "dmd2", "update_ratio": 5, **gan(flawed_multiplier)}, "no-gan": {"name": "dmd2", "update_ratio": 5, **NO_GAN}})
     rows.update({f"flawed/{k}": v for k, v in run(under, FOLDER).items()})
-    curves = {f"{prefix}/{label}": json.loads((RUNS / FOLDER / f"{prefix}-seed{seed}" / "logs" / label / "curve.json").read_text())
+    curves = {f"{prefix}/{label}": json.loads((RUNS / FOLDER / f"{prefix}-seed{seed}{tag}" / "logs" / label / "curve.json").read_text())
               for prefix, labels in (("network", ("ttur5", "ttur1")),) for label in labels}
-    PARTIAL.mkdir(parents=True, exist_ok=True)
-    (PARTIAL / f"seed{seed}.json").write_text(json.dumps({"seed": seed, "iterations": iterations, "lr": lr, "rows": rows, "gaps": gaps,
+    partial = PARTIAL.with_name(f"diffusion_dmd2{tag}.partial")
+    partial.mkdir(parents=True, exist_ok=True)
+    (partial / f"seed{seed}.json").write_text(json.dumps({"seed": seed, "iterations": iterations, "lr": lr, "gan_multiplier": multiplier,
+                                                          "flawed_gan_multiplier": flawed_multiplier, "rows": rows, "gaps": gaps,
                                                           "curves": curves, "seconds": round(time.time() - started)}, indent=2))
 
 
@@ -115,14 +138,16 @@ def spread(curve: list[dict]) -> float:
     return max(tail) - min(tail)
 
 
-def summarise() -> None:
+def summarise(tag: str = "") -> None:
     from common import mean_std
 
-    seeds, s = summary_table(PARTIAL, ["swd", "mmd", "coverage", "high_quality"])
+    seeds, s = summary_table(PARTIAL.with_name(f"diffusion_dmd2{tag}.partial"), ["swd", "mmd", "coverage", "high_quality"])
     n = seeds[0]["iterations"]
+    weight, flawed_weight = seeds[0].get("gan_multiplier", 1.0), seeds[0].get("flawed_gan_multiplier", 1.0)
     lines = ["# DMD2's claims on the 8-Gaussian ring", "",
              f"Mean ± std over seeds {[x['seed'] for x in seeds]}; {n} iterations of batch 512 (`ttur1`: {n // 5}, the same generator "
-             f"updates), Adam lr {seeds[0]['lr']}; GAN per dimension at the official ImageNet-64 balance (36.9 / 122.9). 5,000 samples "
+             f"updates), Adam lr {seeds[0]['lr']}; GAN per dimension at {weight:.3g}x the official ImageNet-64 balance (36.9 / 122.9; "
+             f"the flawed-teacher `gan` arm at {flawed_weight:.3g}x). 5,000 samples "
              "against the 10,000-point test split. Produced by benchmarks/diffusion_dmd2.py.", "",
              "| teacher / arm | NFE | swd | mmd | coverage | high quality |", "|---|---|---|---|---|---|"]
     for label in s:
@@ -135,7 +160,7 @@ def summarise() -> None:
     verdict = lambda ok: "**holds**" if ok else "**does not hold**"  # noqa: E731
     t5, t1 = m("network/ttur5", "swd@1"), m("network/ttur1", "swd@1")
     wide = spreads["ttur1"][0] > 0 and spreads["ttur1"][0] >= 2 * spreads["ttur5"][0]
-    gan, nogan, flawed = m("flawed/gan", "high_quality@1"), m("flawed/no-gan", "high_quality@1"), m("flawed/teacher", "high_quality@64")
+    with_gan, nogan, flawed = m("flawed/gan", "high_quality@1"), m("flawed/no-gan", "high_quality@1"), m("flawed/teacher", "high_quality@64")
     bs, nd = m("network/bs@4", "swd@4"), m("network/nd@4", "swd@4")
     exact = m("exact/analytic", "high_quality@1")
     lines += ["", "Claims:",
@@ -144,13 +169,13 @@ def summarise() -> None:
               f"- TTUR 5:1 vs 1:1 at equal generator updates: final swd {t5[0]:.4f} vs {t1[0]:.4f} (<= 0.9x: {t5[0] <= 0.9 * t1[0]}); "
               f"spread of the validation curve over the last 20%: {spreads['ttur5'][0]:.4f} vs {spreads['ttur1'][0]:.4f} "
               f"(1:1 >= 2x: {wide}): {verdict(t5[0] <= 0.9 * t1[0] or wide)}.",
-              f"- GAN on real data with a flawed teacher (10 epochs): high-quality fraction {gan[0]:.3f} vs the teacher's {flawed[0]:.3f} "
-              f"at 64 steps and {nogan[0]:.3f} without the GAN: {verdict(gan[0] > flawed[0] and gan[0] > nogan[0])}.",
+              f"- GAN on real data with a flawed teacher (10 epochs): high-quality fraction {with_gan[0]:.3f} vs the teacher's {flawed[0]:.3f} "
+              f"at 64 steps and {nogan[0]:.3f} without the GAN: {verdict(with_gan[0] > flawed[0] and with_gan[0] > nogan[0])}.",
               f"- 4-step backward simulation vs noised data: swd {bs[0]:.4f} vs {nd[0]:.4f}: {verdict(bs[0] < nd[0])}. Sliced W2 between "
               "the training inputs of noised data and the sampler's inputs at steps 1-3: "
               + ", ".join(f"{g[0]:.3f}" for g in gaps["nd@4"]) + " (the nd@4 generator); the same distance for bs@4's sampler: "
               + ", ".join(f"{g[0]:.3f}" for g in gaps["bs@4"]) + " (backward simulation trains on its sampler's inputs by construction)."]
-    write_results("diffusion_dmd2", {"seeds": [x["seed"] for x in seeds], "summary": s, "curve_spread": spreads, "input_gaps": gaps,
+    write_results(f"diffusion_dmd2{tag}", {"seeds": [x["seed"] for x in seeds], "summary": s, "curve_spread": spreads, "input_gaps": gaps,
                                      "seconds_per_seed": [x["seconds"] for x in seeds]}, "\n".join(lines) + "\n")
     print("\n".join(lines))
 
@@ -160,9 +185,15 @@ def main() -> None:
     parser.add_argument("--seed", type=int)
     parser.add_argument("--iterations", type=int, default=4000)
     parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--from-sweep", action="store_true", help="the GAN weights chosen on validation (results *_chosen)")
     parser.add_argument("--summarise", action="store_true")
     args = parser.parse_args()
-    summarise() if args.summarise else one_seed(args.seed, args.iterations, args.lr)
+    tag = "_chosen" if args.from_sweep else ""
+    if args.summarise:
+        summarise(tag)
+    else:
+        weights = from_sweep() if args.from_sweep else (1.0, 1.0)
+        one_seed(args.seed, args.iterations, args.lr, *weights, tag)
 
 
 if __name__ == "__main__":
