@@ -297,8 +297,7 @@ def load_recipe(path_or_name: str | dict[str, Any], overrides: list[str] = (), *
     section = raw.get("evaluation")
     # A method may name its own evaluator (graph sets are not scored like images); one per recipe.
     scorers = sorted({c.target.evaluator or family for c in methods.values()}) if family is not None else []
-    if len(scorers) > 1:
-        problems.append(f"methods: these methods need different evaluators ({', '.join(scorers)}); split the recipe.")
+    problems += [f"methods: these methods need different evaluators ({', '.join(scorers)}); split the recipe."] if len(scorers) > 1 else []
     if len(scorers) == 1 and isinstance(section, dict | None):  # another type: parse_recipe_file reported it
         try:
             evaluator = EVALUATORS.get(scorers[0])
@@ -326,9 +325,7 @@ def load_recipe(path_or_name: str | dict[str, Any], overrides: list[str] = (), *
         )
     if parsed is not None:
         _check_trainer(parsed.trainer, problems)
-    # Files not on this machine (DataNotFoundError: a GPU recipe validated on a laptop): the checks that
-    # need them (building the models, the methods' checks) are skipped and named; the run repeats them.
-    unchecked: list[str] = []
+    unchecked: list[str] = []  # files not on this machine: the checks needing them are skipped, named, and repeated by the run
     if not problems and parsed is not None and data is not None:
         @functools.cache
         def set_up_data() -> Any:  # set up only for methods that check the data (or shapes read from files), once
